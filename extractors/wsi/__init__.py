@@ -1,0 +1,1 @@
+"""Whole-slide image reading, tissue segmentation and tiling."""

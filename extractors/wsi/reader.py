@@ -1,0 +1,303 @@
+"""Open whole-slide images, resolve their microns per pixel, and read them at a target MPP.
+
+Every OpenSlide format is supported. Errors are raised as :class:`SlideError` with a message
+that names the slide and says what to do, so one bad slide never hides behind a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import tifffile
+
+logger = logging.getLogger(__name__)
+
+#: A pyramid level whose MPP is within this relative distance of the target is read as is.
+MPP_TOLERANCE = 0.05
+#: MPP values outside this range are treated as absent (e.g. a 72-dpi default in TIFF tags).
+PLAUSIBLE_MPP = (0.05, 20.0)
+#: Whole-slide reads are done in chunks of this many pixels per side at the read level.
+READ_CHUNK = 4096
+_TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".svslide", ".bif")
+
+
+class SlideError(Exception):
+    """A slide cannot be used; the message names the slide and the fix."""
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """Where to read a target resolution from.
+
+    Attributes:
+        level: Pyramid level to read.
+        downsample: That level's downsample relative to level 0.
+        mpp: That level's microns per pixel.
+        scale: Resize factor from the level's pixels to target pixels (1.0: read as is).
+    """
+
+    level: int
+    downsample: float
+    mpp: float
+    scale: float
+
+
+def _plausible(mpp: float) -> bool:
+    return PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
+
+def _mpp_from_tiff_tags(properties: dict[str, str]) -> float | None:
+    """Microns per pixel from the TIFF XResolution and ResolutionUnit tags, if meaningful."""
+    per_unit_um = {"centimeter": 1e4, "inch": 25400.0}.get(properties.get("tiff.ResolutionUnit", ""))
+    try:
+        xres = float(properties.get("tiff.XResolution", "nan"))
+    except ValueError:
+        return None
+    if per_unit_um is None or not xres > 0:
+        return None
+    return per_unit_um / xres
+
+
+def resolve_mpp(
+    properties: dict[str, str],
+    *,
+    name: str,
+    override: float | None = None,
+    default: float | None = None,
+) -> tuple[float, str]:
+    """Resolve a slide's level-0 microns per pixel and say where it came from.
+
+    An explicit per-slide ``override`` (the slide sheet's ``mpp`` column) wins; then the slide's
+    own metadata (``openslide.mpp-x``, ``aperio.MPP``, TIFF resolution tags); then the config
+    ``default``, which must be set explicitly and is logged as a warning.
+
+    Args:
+        properties: OpenSlide properties of the slide.
+        name: Slide name used in messages.
+        override: Per-slide MPP from the slide sheet, or None.
+        default: Fallback MPP from the config (``slides.mpp_default``), or None.
+
+    Returns:
+        ``(mpp, source)`` where source is one of ``slide_sheet``, ``openslide.mpp-x``,
+        ``aperio.MPP``, ``tiff.resolution`` or ``config_default``.
+
+    Raises:
+        SlideError: No usable MPP anywhere.
+    """
+    from_metadata: list[tuple[float, str]] = []
+    for key in ("openslide.mpp-x", "aperio.MPP"):
+        try:
+            value = float(properties.get(key, "nan"))
+        except ValueError:
+            continue
+        if _plausible(value):
+            from_metadata.append((value, key))
+    tiff_mpp = _mpp_from_tiff_tags(properties)
+    if tiff_mpp is not None and _plausible(tiff_mpp):
+        from_metadata.append((tiff_mpp, "tiff.resolution"))
+
+    if override is not None:
+        if not (override > 0 and _plausible(override)):
+            raise SlideError(
+                f"{name}: mpp override {override} is not a plausible microns-per-pixel value; "
+                f"fix the 'mpp' column of the slide sheet (expected {PLAUSIBLE_MPP[0]}"
+                f"-{PLAUSIBLE_MPP[1]}, e.g. 0.25 for 40x, 0.5 for 20x)."
+            )
+        if from_metadata and abs(from_metadata[0][0] / override - 1) > MPP_TOLERANCE:
+            logger.warning(
+                "%s: slide sheet mpp %.4f overrides %s = %.4f from the slide",
+                name,
+                override,
+                from_metadata[0][1],
+                from_metadata[0][0],
+            )
+        return float(override), "slide_sheet"
+    if from_metadata:
+        return from_metadata[0]
+    if default is not None:
+        logger.warning(
+            "%s: no microns-per-pixel in the slide metadata; using slides.mpp_default = %s",
+            name,
+            default,
+        )
+        return float(default), "config_default"
+    raise SlideError(
+        f"{name}: the slide has no microns-per-pixel metadata (openslide.mpp-x, aperio.MPP, TIFF "
+        "resolution). Fix: give it an 'mpp' column in the slide sheet (config slides.sheet; "
+        "CLI --mpp), or set slides.mpp_default in config.yaml if all such slides share one MPP."
+    )
+
+
+def check_tiff_complete(path: Path, name: str) -> None:
+    """Raise if a TIFF-based slide is truncated: some tile or strip lies past the end of file."""
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) == 0:
+                raise SlideError(
+                    f"{name}: file is truncated or corrupt ({size} bytes, no readable image "
+                    f"directory); copy or download {path} again."
+                )
+            for page in tif.pages:
+                offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+                counts = np.asarray(page.databytecounts, dtype=np.int64)
+                if offsets.size and int((offsets + counts).max()) > size:
+                    raise SlideError(
+                        f"{name}: file is truncated ({size} bytes, image data expected up to "
+                        f"{int((offsets + counts).max())}); copy or download {path} again."
+                    )
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as err:
+        raise SlideError(
+            f"{name}: {path} has a slide extension but is not a readable TIFF ({err}); replace "
+            "it with an intact copy or remove it from the slide folder/sheet."
+        ) from err
+
+
+class Slide:
+    """An open whole-slide image with a resolved level-0 MPP.
+
+    Args:
+        path: Slide file in any OpenSlide format.
+        slide_id: Name used in messages and outputs; defaults to the file stem.
+        mpp_override: Per-slide MPP (slide sheet ``mpp`` column); wins over the metadata.
+        mpp_default: Config fallback for slides without MPP metadata.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        slide_id: str | None = None,
+        mpp_override: float | None = None,
+        mpp_default: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.slide_id = slide_id or self.path.stem
+        name = f"slide {self.slide_id!r} ({self.path})"
+        self.name = name
+        if not self.path.is_file():
+            raise SlideError(f"{name}: file not found; check the slide folder or sheet path.")
+        if self.path.suffix.lower() in _TIFF_SUFFIXES:
+            check_tiff_complete(self.path, name)
+        try:
+            self._osr = openslide.OpenSlide(str(self.path))
+        except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
+            raise SlideError(
+                f"{name}: OpenSlide cannot open it ({err or type(err).__name__}); it is not a "
+                "whole-slide image or is corrupt. Replace it or remove it from the slide input."
+            ) from err
+        self.properties = dict(self._osr.properties)
+        self.mpp, self.mpp_source = resolve_mpp(
+            self.properties, name=name, override=mpp_override, default=mpp_default
+        )
+        self.dimensions: tuple[int, int] = self._osr.dimensions
+        self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions
+        self.level_downsamples: tuple[float, ...] = self._osr.level_downsamples
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the OpenSlide handle."""
+        self._osr.close()
+
+    @property
+    def magnification(self) -> float:
+        """Level-0 objective power: the scanner's if recorded, else 10 / MPP (20x = 0.5 µm/px)."""
+        try:
+            return float(self.properties["openslide.objective-power"])
+        except (KeyError, ValueError):
+            return 10.0 / self.mpp
+
+    def level_mpp(self, level: int) -> float:
+        """Microns per pixel of a pyramid level."""
+        return self.mpp * self.level_downsamples[level]
+
+    def pick_level(self, target_mpp: float) -> LevelChoice:
+        """Choose the level to read ``target_mpp`` from.
+
+        The coarsest level within :data:`MPP_TOLERANCE` of the target is read as is; otherwise
+        the next finer level is read and resized by ``scale``.
+
+        Raises:
+            SlideError: The target is finer than level 0 (it would invent resolution).
+        """
+        if target_mpp < self.mpp * (1 - MPP_TOLERANCE):
+            raise SlideError(
+                f"{self.name}: target {target_mpp} µm/px is finer than the slide's level 0 "
+                f"({self.mpp:.4f} µm/px, from {self.mpp_source}); choose a target_mpp of at "
+                f"least {self.mpp:.4f}, or fix the slide's mpp if it is wrong."
+            )
+        candidates = [
+            level
+            for level in range(len(self.level_downsamples))
+            if self.level_mpp(level) <= target_mpp * (1 + MPP_TOLERANCE)
+        ]
+        level = max(candidates, key=self.level_mpp)
+        mpp = self.level_mpp(level)
+        scale = 1.0 if abs(mpp / target_mpp - 1) <= MPP_TOLERANCE else mpp / target_mpp
+        return LevelChoice(level, self.level_downsamples[level], mpp, scale)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read an RGB region (transparent areas composited on white).
+
+        Args:
+            location: Top-left (x, y) in level-0 pixels.
+            level: Pyramid level.
+            size: (width, height) in that level's pixels.
+
+        Returns:
+            uint8 array of shape (height, width, 3).
+        """
+        try:
+            rgba = np.asarray(self._osr.read_region(location, level, size))
+        except openslide.OpenSlideError as err:
+            raise SlideError(
+                f"{self.name}: cannot decode the region at level-0 (x, y) = {location}, level "
+                f"{level}, size {size} ({err}); the file is corrupt or truncated: copy it again."
+            ) from err
+        alpha = rgba[..., 3:4]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(rgba[..., :3])
+        blended = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
+        return (blended // 255).astype(np.uint8)
+
+    def read_at_mpp(self, mpp: float) -> np.ndarray:
+        """Read the whole slide at ``mpp`` (a thumbnail), in bounded chunks.
+
+        Reads the level chosen by :meth:`pick_level` (never a finer one than needed) in
+        :data:`READ_CHUNK`-sized pieces and resizes each, so memory stays bounded even for a
+        slide without a pyramid.
+
+        Returns:
+            uint8 RGB array whose size is the level-0 size scaled by ``self.mpp / mpp``.
+        """
+        choice = self.pick_level(max(mpp, self.mpp))
+        level_w, level_h = self.level_dimensions[choice.level]
+        out_w = max(1, round(self.dimensions[0] * self.mpp / mpp))
+        out_h = max(1, round(self.dimensions[1] * self.mpp / mpp))
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for y0 in range(0, level_h, READ_CHUNK):
+            y1 = min(y0 + READ_CHUNK, level_h)
+            ty0, ty1 = round(y0 * out_h / level_h), round(y1 * out_h / level_h)
+            for x0 in range(0, level_w, READ_CHUNK):
+                x1 = min(x0 + READ_CHUNK, level_w)
+                tx0, tx1 = round(x0 * out_w / level_w), round(x1 * out_w / level_w)
+                if tx1 <= tx0 or ty1 <= ty0:
+                    continue
+                origin = (math.floor(x0 * choice.downsample), math.floor(y0 * choice.downsample))
+                chunk = self.read_region(origin, choice.level, (x1 - x0, y1 - y0))
+                if chunk.shape[:2] != (ty1 - ty0, tx1 - tx0):
+                    chunk = cv2.resize(chunk, (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_AREA)
+                out[ty0:ty1, tx0:tx1] = chunk
+        return out

@@ -1,0 +1,243 @@
+"""Tile tissue into patches on one global lattice and write CLAM/TRIDENT-compatible coords.
+
+The lattice is anchored at level-0 (0, 0) with step ``patch_size_level0 - overlap_level0``, so
+every coordinate is a multiple of the step and region indices are integer division. Tissue
+fractions are computed per tissue polygon inside its bounding box only, so the cost grows with
+tissue area, not with the slide's level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from extractors.atomic import atomic_path
+from extractors.wsi.reader import Slide
+from extractors.wsi.tissue import TissuePolygon
+
+logger = logging.getLogger(__name__)
+
+#: Raster samples per patch side when measuring a patch's tissue fraction.
+SAMPLES_PER_PATCH = 16
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """Where patches go and which are kept."""
+
+    target_mpp: float = field(
+        default=0.5, metadata={"help": "patch resolution in µm/px (0.5 = 20x, 0.25 = 40x)"}
+    )
+    patch_size: int = field(default=256, metadata={"help": "patch side in pixels at target_mpp"})
+    overlap: int = field(
+        default=0, metadata={"help": "overlap of neighbouring patches in pixels at target_mpp"}
+    )
+    min_tissue_fraction: float = field(
+        default=0.25, metadata={"help": "keep patches with at least this fraction of tissue"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 1 or not 0 <= self.overlap < self.patch_size:
+            raise ValueError(
+                f"need patch_size >= 1 and 0 <= overlap < patch_size, got patch_size="
+                f"{self.patch_size}, overlap={self.overlap}"
+            )
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {self.min_tissue_fraction}")
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """The patch lattice of one slide and how to read a patch.
+
+    Attributes:
+        patch_size_level0: Patch side in level-0 pixels.
+        step_level0: Distance between neighbouring patches in level-0 pixels.
+        read_level: Pyramid level patches are read from.
+        read_downsample: That level's downsample.
+        read_size: Patch side in pixels at ``read_level`` (resized to ``patch_size`` if unequal).
+    """
+
+    patch_size_level0: int
+    step_level0: int
+    read_level: int
+    read_downsample: float
+    read_size: int
+
+
+def make_lattice(slide: Slide, params: TilingParams) -> Lattice:
+    """Lay the lattice for ``params`` on ``slide``.
+
+    A level within the MPP tolerance of the target is taken as the target, so a 0.499 µm/px
+    scan tiled at 0.5 gives 256-pixel patches read from level 0 without resizing.
+    """
+    choice = slide.pick_level(params.target_mpp)
+    effective_mpp = choice.mpp if choice.scale == 1.0 else params.target_mpp
+    ratio = effective_mpp / slide.mpp
+    patch_size_level0 = round(params.patch_size * ratio)
+    step_level0 = patch_size_level0 - round(params.overlap * ratio)
+    read_size = round(patch_size_level0 / choice.downsample)
+    return Lattice(patch_size_level0, step_level0, choice.level, choice.downsample, read_size)
+
+
+def _polygon_fractions(
+    polygon: TissuePolygon, lattice: Lattice, grid_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue fraction of every lattice cell that the polygon's bounding box touches.
+
+    Returns:
+        (cells, fractions): flat cell indices (row * n_cols + col) and their tissue fractions.
+    """
+    n_rows, n_cols = grid_shape
+    step, size = lattice.step_level0, lattice.patch_size_level0
+    lo = polygon.exterior.min(axis=0)
+    hi = polygon.exterior.max(axis=0)
+    col0, row0 = (np.maximum(np.floor((lo - size) / step).astype(int) + 1, 0)).tolist()
+    col1 = min(int(hi[0] // step), n_cols - 1)
+    row1 = min(int(hi[1] // step), n_rows - 1)
+    if col1 < col0 or row1 < row0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    scale = SAMPLES_PER_PATCH / size
+    origin = np.array([col0 * step, row0 * step], dtype=np.float64)
+    width = int(np.ceil(((col1 - col0) * step + size) * scale))
+    height = int(np.ceil(((row1 - row0) * step + size) * scale))
+    raster = np.zeros((height, width), np.uint8)
+    rings = [np.round((ring - origin) * scale).astype(np.int32) for ring in polygon.rings()]
+    cv2.fillPoly(raster, rings, 1)
+    integral = cv2.integral(raster)
+    cols = np.arange(col0, col1 + 1)
+    rows = np.arange(row0, row1 + 1)
+    xs = np.round((cols - col0) * step * scale).astype(int)
+    ys = np.round((rows - row0) * step * scale).astype(int)
+    x1 = np.minimum(xs + SAMPLES_PER_PATCH, width)
+    y1 = np.minimum(ys + SAMPLES_PER_PATCH, height)
+    sums = (
+        integral[y1[:, None], x1[None, :]]
+        - integral[ys[:, None], x1[None, :]]
+        - integral[y1[:, None], xs[None, :]]
+        + integral[ys[:, None], xs[None, :]]
+    )
+    cells = (rows[:, None] * n_cols + cols[None, :]).ravel()
+    return cells, sums.ravel() / SAMPLES_PER_PATCH**2
+
+
+def tile(
+    polygons: list[TissuePolygon],
+    lattice: Lattice,
+    level0_size: tuple[int, int],
+    min_tissue_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the lattice patches that lie inside the slide and are tissue enough.
+
+    Args:
+        polygons: Tissue polygons in level-0 pixels.
+        lattice: The slide's patch lattice.
+        level0_size: Slide (width, height) at level 0; patches must lie fully inside.
+        min_tissue_fraction: Minimal tissue fraction of a kept patch.
+
+    Returns:
+        (coords, fractions): int64 (N, 2) level-0 top-left (x, y) sorted by row then column,
+        and each patch's tissue fraction (float32, N).
+    """
+    step, size = lattice.step_level0, lattice.patch_size_level0
+    n_cols = max(0, (level0_size[0] - size) // step + 1)
+    n_rows = max(0, (level0_size[1] - size) // step + 1)
+    parts = [_polygon_fractions(p, lattice, (n_rows, n_cols)) for p in polygons if n_cols * n_rows]
+    if not parts:
+        return np.empty((0, 2), np.int64), np.empty(0, np.float32)
+    cells = np.concatenate([cells for cells, _ in parts])
+    fractions = np.concatenate([fractions for _, fractions in parts])
+    unique, inverse = np.unique(cells, return_inverse=True)
+    total = np.minimum(np.bincount(inverse, weights=fractions), 1.0)
+    keep = (total >= min_tissue_fraction) & (total > 0)
+    rows, cols = np.divmod(unique[keep], n_cols)
+    coords = np.stack([cols * step, rows * step], axis=1).astype(np.int64)
+    return coords, total[keep].astype(np.float32)
+
+
+def params_hash(params: TilingParams, lattice: Lattice) -> str:
+    """Short stable hash of everything that decides where patches go."""
+    payload = {**dataclasses.asdict(params), **dataclasses.asdict(lattice)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_coords(
+    path: str | Path,
+    coords: np.ndarray,
+    tissue_fraction: np.ndarray,
+    *,
+    slide: Slide,
+    lattice: Lattice,
+    params: TilingParams,
+) -> None:
+    """Write the coords HDF5 (atomic) with TRIDENT's, CLAM's and our attributes.
+
+    Datasets: ``coords`` (N, 2) int64 level-0 top-left (x, y) and ``tissue_fraction`` (N,).
+    """
+    attrs = {
+        # TRIDENT / Patho-Bench
+        "patch_size": params.patch_size,
+        "patch_size_level0": lattice.patch_size_level0,
+        "level0_magnification": slide.magnification,
+        "target_magnification": 10.0 / params.target_mpp,
+        "overlap": params.overlap,
+        "name": slide.slide_id,
+        "level0_width": slide.dimensions[0],
+        "level0_height": slide.dimensions[1],
+        # CLAM
+        "patch_level": lattice.read_level,
+        "downsample": np.array([lattice.read_downsample] * 2),
+        "level_dim": np.array(slide.level_dimensions[lattice.read_level]),
+        # querent
+        "level0_mpp": slide.mpp,
+        "target_mpp": params.target_mpp,
+        "mpp_source": slide.mpp_source,
+        "step_level0": lattice.step_level0,
+        "read_size": lattice.read_size,
+        "min_tissue_fraction": params.min_tissue_fraction,
+        "params_hash": params_hash(params, lattice),
+    }
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        dataset = h5.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
+        dataset.attrs.update(attrs)
+        h5.create_dataset("tissue_fraction", data=tissue_fraction.astype(np.float32))
+
+
+def read_coords(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read a coords file: the (N, 2) int64 array and the ``coords`` attributes."""
+    with h5py.File(path, "r") as h5:
+        dataset = h5["coords"]
+        return dataset[:], dict(dataset.attrs)
+
+
+def tile_slide(
+    slide: Slide, polygons: list[TissuePolygon], params: TilingParams, out_path: str | Path
+) -> tuple[np.ndarray, Lattice]:
+    """Tile one slide's tissue and write its coords file.
+
+    Returns:
+        The kept coords and the lattice.
+    """
+    lattice = make_lattice(slide, params)
+    coords, fractions = tile(polygons, lattice, slide.dimensions, params.min_tissue_fraction)
+    if len(coords) == 0:
+        logger.warning("%s: no patch has enough tissue; writing 0 patches", slide.slide_id)
+    logger.info(
+        "%s: %d patches of %d px at %.3f µm/px (level %d, step %d level-0 px)",
+        slide.slide_id,
+        len(coords),
+        params.patch_size,
+        params.target_mpp,
+        lattice.read_level,
+        lattice.step_level0,
+    )
+    write_coords(out_path, coords, fractions, slide=slide, lattice=lattice, params=params)
+    return coords, lattice
