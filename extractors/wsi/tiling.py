@@ -21,12 +21,14 @@ import numpy as np
 
 from extractors.atomic import atomic_path
 from extractors.wsi.reader import Slide
-from extractors.wsi.tissue import TissuePolygon
+from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_png
 
 logger = logging.getLogger(__name__)
 
 #: Raster samples per patch side when measuring a patch's tissue fraction.
 SAMPLES_PER_PATCH = 16
+_SUBPIXEL_BITS = 4
+_SUBPIXEL = 1 << _SUBPIXEL_BITS
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,13 @@ def _polygon_fractions(
     width = int(np.ceil(((col1 - col0) * step + size) * scale))
     height = int(np.ceil(((row1 - row0) * step + size) * scale))
     raster = np.zeros((height, width), np.uint8)
-    rings = [np.round((ring - origin) * scale).astype(np.int32) for ring in polygon.rings()]
-    cv2.fillPoly(raster, rings, 1)
+    # Sub-pixel vertices (fixed point, 1/16 px); -0.5 because OpenCV puts pixel centres on
+    # integer coordinates.
+    rings = [
+        np.round(((ring - origin) * scale - 0.5) * _SUBPIXEL).astype(np.int32)
+        for ring in polygon.rings()
+    ]
+    cv2.fillPoly(raster, rings, 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
     integral = cv2.integral(raster)
     cols = np.arange(col0, col1 + 1)
     rows = np.arange(row0, row1 + 1)
@@ -219,9 +226,22 @@ def read_coords(path: str | Path) -> tuple[np.ndarray, dict]:
 
 
 def tile_slide(
-    slide: Slide, polygons: list[TissuePolygon], params: TilingParams, out_path: str | Path
+    slide: Slide,
+    polygons: list[TissuePolygon],
+    params: TilingParams,
+    coords_path: str | Path,
+    qc_path: str | Path,
+    thumbnail: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Lattice]:
-    """Tile one slide's tissue and write its coords file.
+    """Tile one slide's tissue; write its coords file and a QC picture with the patches.
+
+    Args:
+        slide: The open slide.
+        polygons: Its tissue polygons in level-0 pixels.
+        params: Tiling settings.
+        coords_path: Output coords HDF5.
+        qc_path: Output QC PNG (tissue outlines, holes and kept patches).
+        thumbnail: A whole-slide thumbnail to draw on; read at QC resolution if None.
 
     Returns:
         The kept coords and the lattice.
@@ -239,5 +259,9 @@ def tile_slide(
         lattice.read_level,
         lattice.step_level0,
     )
-    write_coords(out_path, coords, fractions, slide=slide, lattice=lattice, params=params)
+    write_coords(coords_path, coords, fractions, slide=slide, lattice=lattice, params=params)
+    if thumbnail is None:
+        thumbnail = slide.read_at_mpp(qc_mpp(slide))
+    picture = draw_qc(thumbnail, slide.dimensions, polygons, coords, lattice.patch_size_level0)
+    write_png(qc_path, picture)
     return coords, lattice

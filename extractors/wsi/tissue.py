@@ -193,10 +193,14 @@ def polygon_area(ring: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+def qc_mpp(slide: Slide) -> float:
+    """MPP of a QC picture of the whole slide (:data:`QC_MAX_SIDE` pixels on its long side)."""
+    return max(slide.mpp, max(slide.dimensions) * slide.mpp / QC_MAX_SIDE)
+
+
 def thumbnail_mpp(slide: Slide, params: TissueParams) -> float:
     """MPP at which to read the thumbnail: fine enough for segmentation and the QC picture."""
-    qc_mpp = max(slide.dimensions) * slide.mpp / QC_MAX_SIDE
-    return max(slide.mpp, min(params.seg_mpp, qc_mpp))
+    return max(slide.mpp, min(params.seg_mpp, qc_mpp(slide)))
 
 
 def segment(slide: Slide, params: TissueParams) -> Segmentation:
@@ -326,3 +330,21 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         raise ValueError(f"{path}: PNG encoding failed")
     with atomic_path(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
+
+
+def segment_slide(
+    slide: Slide, params: TissueParams, geojson_path: str | Path, qc_path: str | Path
+) -> Segmentation:
+    """Segment a slide and write its tissue GeoJSON and QC picture."""
+    result = segment(slide, params)
+    write_geojson(
+        geojson_path,
+        result.polygons,
+        slide_id=slide.slide_id,
+        level0_mpp=slide.mpp,
+        mpp_source=slide.mpp_source,
+        tissue_area_um2=result.tissue_area_um2,
+        params=dataclasses.asdict(params),
+    )
+    write_png(qc_path, draw_qc(result.thumbnail, result.level0_size, result.polygons))
+    return result

@@ -1,0 +1,9 @@
+# The workflow lives in workflow/Snakefile. Snakemake takes the default target from the file it
+# starts with, not from included ones, so it is named here.
+include: "workflow/Snakefile"
+
+
+rule default:
+    input:
+        rules.all.input,
+    default_target: True

@@ -1,0 +1,29 @@
+"""Logging for Snakemake script adapters: everything, errors included, goes to the rule's log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import TracebackType
+
+
+def log_to_file(path: str) -> None:
+    """Send library logs to ``path`` and record any uncaught error there before exiting.
+
+    Snakemake shows the log of a failed job, so the error message that names the slide and the
+    fix is what the user sees.
+    """
+    logging.basicConfig(
+        filename=path,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    default_hook = sys.excepthook
+
+    def log_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None):
+        logging.getLogger("querent").error("%s", error, exc_info=(kind, error, tb))
+        default_hook(kind, error, tb)
+
+    sys.excepthook = log_uncaught

@@ -1,0 +1,28 @@
+rule make_demo_slide:
+    output:
+        "resources/demo/slides/{slide}.svs",
+    params:
+        label=demo_label,
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/{slide}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/make_demo_slide.py"
+
+
+rule make_demo_cohort:
+    output:
+        "resources/demo/cohort.csv",
+    params:
+        n_slides=config["demo"]["n_slides"],
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/cohort.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/make_demo_cohort.py"

@@ -1,0 +1,55 @@
+rule segment_tissue:
+    input:
+        slide=slide_path,
+    output:
+        geojson="results/tissue/{slide}.geojson",
+        qc=report(
+            "results/tissue/{slide}_qc.png",
+            caption="../report/tissue_qc.rst",
+            category="Tissue",
+            labels={"slide": "{slide}"},
+        ),
+    params:
+        mpp=slide_mpp,
+        mpp_default=config["slides"]["mpp_default"],
+        tissue=tissue_settings,
+    log:
+        "logs/tissue/{slide}.log",
+    benchmark:
+        "logs/tissue/{slide}.benchmark.tsv"
+    threads: 1
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/segment_tissue.py"
+
+
+rule tile_slide:
+    input:
+        slide=slide_path,
+        tissue="results/tissue/{slide}.geojson",
+    output:
+        coords="results/coords/{slide}.h5",
+        qc=report(
+            "results/coords/{slide}_qc.png",
+            caption="../report/tiling_qc.rst",
+            category="Patches",
+            labels={"slide": "{slide}"},
+        ),
+    params:
+        mpp=slide_mpp,
+        mpp_default=config["slides"]["mpp_default"],
+        tiling=config["tiling"],
+    log:
+        "logs/coords/{slide}.log",
+    benchmark:
+        "logs/coords/{slide}.benchmark.tsv"
+    threads: 1
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/tile_slide.py"
