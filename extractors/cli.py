@@ -60,8 +60,7 @@ def _add_tissue_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=sorted(tissue.PRESETS),
         default="resection",
-        help="segmentation preset; the options below override single settings "
-        "(default: resection)",
+        help="segmentation preset; the options below override single settings (default: resection)",
     )
     add_dataclass_options(parser, tissue.TissueParams, "tissue segmentation")
 
@@ -83,7 +82,8 @@ def run_segment(args: argparse.Namespace) -> None:
         result = tissue.segment_slide(
             slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png"
         )
-    print(f"{out}.geojson\t{len(result.polygons)} tissue pieces\t{result.tissue_area_um2 / 1e6:.3f} mm²")
+    area_mm2 = result.tissue_area_um2 / 1e6
+    print(f"{out}.geojson\t{len(result.polygons)} tissue pieces\t{area_mm2:.3f} mm²")
 
 
 def run_tile(args: argparse.Namespace) -> None:
@@ -99,7 +99,9 @@ def run_tile(args: argparse.Namespace) -> None:
                 slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png"
             )
             polygons, thumbnail = result.polygons, result.thumbnail
-        coords, _ = tiling.tile_slide(slide, polygons, params, f"{out}.h5", f"{out}_qc.png", thumbnail)
+        coords, _ = tiling.tile_slide(
+            slide, polygons, params, f"{out}.h5", f"{out}_qc.png", thumbnail
+        )
     print(f"{out}.h5\t{len(coords)} patches")
 
 
@@ -114,7 +116,10 @@ def run_demo(args: argparse.Namespace) -> None:
 def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``demo``, ``segment`` and ``tile`` on the ``querent`` parser."""
     demo = subparsers.add_parser(
-        "demo", parents=[common], help="write the synthetic demo cohort", description=run_demo.__doc__
+        "demo",
+        parents=[common],
+        help="write the synthetic demo cohort",
+        description=run_demo.__doc__,
     )
     demo.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
     demo.add_argument("--n-slides", type=int, default=16, help="number of slides (default: 16)")

@@ -98,9 +98,7 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
     paths = sorted(
         p
         for p in root.rglob("*")
-        if p.is_file()
-        and not p.name.startswith(".")
-        and p.name.lower().endswith(SLIDE_EXTENSIONS)
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SLIDE_EXTENSIONS)
     )
     if not paths:
         raise SlideDiscoveryError(
@@ -116,7 +114,7 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
 
 
 def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
-    """Slides listed in a CSV or TSV sheet.
+    """Slides listed in a CSV sheet (tab-separated if named ``*.tsv``).
 
     Columns: ``path`` (required; relative paths are taken from the sheet's folder),
     ``slide_id`` (optional; default: file name without extension), ``mpp`` (optional per-slide
@@ -127,7 +125,8 @@ def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
     """
     sheet = Path(sheet)
     try:
-        table = pd.read_csv(sheet, sep=None, engine="python", dtype={"slide_id": str})
+        separator = "\t" if sheet.suffix.lower() in (".tsv", ".tab") else ","
+        table = pd.read_csv(sheet, sep=separator, dtype={"slide_id": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise SlideDiscoveryError(f"slide sheet {sheet}: cannot read it ({err})") from err
     if "path" not in table.columns:

@@ -55,7 +55,9 @@ def _plausible(mpp: float) -> bool:
 
 def _mpp_from_tiff_tags(properties: dict[str, str]) -> float | None:
     """Microns per pixel from the TIFF XResolution and ResolutionUnit tags, if meaningful."""
-    per_unit_um = {"centimeter": 1e4, "inch": 25400.0}.get(properties.get("tiff.ResolutionUnit", ""))
+    per_unit_um = {"centimeter": 1e4, "inch": 25400.0}.get(
+        properties.get("tiff.ResolutionUnit", "")
+    )
     try:
         xres = float(properties.get("tiff.XResolution", "nan"))
     except ValueError:
@@ -248,7 +250,9 @@ class Slide:
         scale = 1.0 if abs(mpp / target_mpp - 1) <= MPP_TOLERANCE else mpp / target_mpp
         return LevelChoice(level, self.level_downsamples[level], mpp, scale)
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         """Read an RGB region (transparent areas composited on white).
 
         Args:

@@ -53,7 +53,9 @@ class TilingParams:
                 f"{self.patch_size}, overlap={self.overlap}"
             )
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
-            raise ValueError(f"min_tissue_fraction must lie in [0, 1], got {self.min_tissue_fraction}")
+            raise ValueError(
+                f"min_tissue_fraction must lie in [0, 1], got {self.min_tissue_fraction}"
+            )
 
 
 @dataclass(frozen=True)

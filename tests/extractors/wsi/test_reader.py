@@ -104,7 +104,7 @@ def test_truncated_tile_data(tmp_path, cmu_3level_slide):
 
     data = cmu_3level_slide.read_bytes()
     with tifffile.TiffFile(cmu_3level_slide) as tif:
-        ends = [int(o + c) for p in tif.pages for o, c in zip(p.dataoffsets, p.databytecounts)]
+        ends = [int(max(np.add(p.dataoffsets, p.databytecounts))) for p in tif.pages]
     cut = tmp_path / "tail.svs"
     cut.write_bytes(data[: max(ends) - 1000])
     with pytest.raises(SlideError, match="truncated"):

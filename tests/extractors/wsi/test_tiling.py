@@ -87,7 +87,9 @@ def test_fractions_match_a_full_raster():
     rings = [np.round((p.exterior - 0.5) * 16).astype(np.int32) for p in polygons]
     cv2.fillPoly(full, rings, 1, shift=4)
     expected = np.array([full[y : y + 64, x : x + 64].mean() for x, y in coords])
-    np.testing.assert_allclose(fractions, expected, atol=0.03)
+    # 16 x 16 samples per patch: a boundary sample counts whole or not at all.
+    np.testing.assert_allclose(fractions, expected, atol=0.07)
+    assert np.abs(fractions - expected).mean() < 0.02
     n_cells = ((size[0] - 64) // 48 + 1) * ((size[1] - 64) // 48 + 1)
     grid = [(x, y) for y in range(0, size[1] - 63, 48) for x in range(0, size[0] - 63, 48)]
     missed = [xy for xy in grid if full[xy[1] : xy[1] + 64, xy[0] : xy[0] + 64].mean() > 0.05]
@@ -115,9 +117,7 @@ def test_failed_write_leaves_no_file(cmu_slide, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "bad", [{"overlap": 256}, {"patch_size": 0}, {"min_tissue_fraction": 1.5}]
-)
+@pytest.mark.parametrize("bad", [{"overlap": 256}, {"patch_size": 0}, {"min_tissue_fraction": 1.5}])
 def test_bad_tiling_params(bad):
     with pytest.raises(ValueError):
         tiling.TilingParams(**bad)

@@ -135,7 +135,10 @@ def test_read_geojson_accepts_qupath_multipolygons(tmp_path):
     square = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     shifted = [[x + 20, y] for x, y in square]
     data = [
-        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [[square], [shifted]]}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPolygon", "coordinates": [[square], [shifted]]},
+        },
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}},
     ]
     path = tmp_path / "qupath.geojson"

@@ -1,0 +1,82 @@
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from querent.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_tile_writes_coords_geojson_and_qc(cmu_slide, tmp_path, capsys):
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "cmu-1-small-region.geojson",
+        "cmu-1-small-region.h5",
+        "cmu-1-small-region_qc.png",
+    ]
+    with h5py.File(tmp_path / "cmu-1-small-region.h5") as h5:
+        assert h5["coords"].shape[0] > 0
+    assert "patches" in capsys.readouterr().out
+
+
+def test_tile_reuses_a_given_tissue_geojson(cmu_slide, tmp_path):
+    assert main(["segment", str(cmu_slide), "-o", str(tmp_path / "seg")]) == 0
+    geojson = tmp_path / "seg" / "cmu-1-small-region.geojson"
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path), "--tissue", str(geojson)]) == 0
+    assert not (tmp_path / "cmu-1-small-region.geojson").exists()
+    assert (tmp_path / "cmu-1-small-region.h5").exists()
+
+
+def _bad_inputs(tmp_path, cmu_slide, tcga_slide):
+    fake = tmp_path / "fake.svs"
+    fake.write_text("not a slide")
+    cut = tmp_path / "cut.svs"
+    data = cmu_slide.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    unsafe = tmp_path / "bad name.svs"
+    unsafe.write_bytes(data)
+    return {
+        "fake": ([str(fake)], "fake"),
+        "truncated": ([str(cut)], "truncated"),
+        "no mpp": ([str(tcga_slide)], "mpp"),
+        "unsafe id": ([str(unsafe)], "unsafe"),
+        "finer than level 0": ([str(cmu_slide), "--target-mpp", "0.2"], "finer than"),
+        "overlap": ([str(cmu_slide), "--overlap", "300"], "overlap"),
+    }
+
+
+def test_bad_inputs_give_one_line_and_exit_1(tmp_path, cmu_slide, tcga_slide):
+    for case, (args, expected) in _bad_inputs(tmp_path, cmu_slide, tcga_slide).items():
+        result = subprocess.run(
+            [sys.executable, "-m", "querent.cli", "tile", *args, "-o", str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1, case
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (case, result.stderr)
+        assert expected in lines[0], (case, lines[0])
+    assert not list(tmp_path.glob("out/*.h5"))
+
+
+def test_help_documents_every_option():
+    result = subprocess.run(
+        [sys.executable, "-m", "querent.cli", "tile", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for option in (
+        "--target-mpp",
+        "--patch-size",
+        "--overlap",
+        "--min-tissue-fraction",
+        "--preset",
+        "--min-tissue-area-um2",
+        "--keep-holes",
+        "--remove-pen",
+        "--mpp",
+    ):
+        assert option in result.stdout
+    assert "default:" in result.stdout
