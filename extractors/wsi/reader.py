@@ -17,6 +17,8 @@ import numpy as np
 import openslide
 import tifffile
 
+from extractors.wsi.discovery import slide_id_from_path
+
 logger = logging.getLogger(__name__)
 
 #: A pyramid level whose MPP is within this relative distance of the target is read as is.
@@ -167,7 +169,8 @@ class Slide:
 
     Args:
         path: Slide file in any OpenSlide format.
-        slide_id: Name used in messages and outputs; defaults to the file stem.
+        slide_id: Name used in messages and outputs; defaults to the file name without the
+            slide extension.
         mpp_override: Per-slide MPP (slide sheet ``mpp`` column); wins over the metadata.
         mpp_default: Config fallback for slides without MPP metadata.
     """
@@ -181,7 +184,7 @@ class Slide:
         mpp_default: float | None = None,
     ) -> None:
         self.path = Path(path)
-        self.slide_id = slide_id or self.path.stem
+        self.slide_id = slide_id or slide_id_from_path(self.path)
         name = f"slide {self.slide_id!r} ({self.path})"
         self.name = name
         if not self.path.is_file():

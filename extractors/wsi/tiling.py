@@ -159,9 +159,9 @@ def tile(
     step, size = lattice.step_level0, lattice.patch_size_level0
     n_cols = max(0, (level0_size[0] - size) // step + 1)
     n_rows = max(0, (level0_size[1] - size) // step + 1)
-    parts = [_polygon_fractions(p, lattice, (n_rows, n_cols)) for p in polygons if n_cols * n_rows]
-    if not parts:
+    if not polygons or n_cols == 0 or n_rows == 0:
         return np.empty((0, 2), np.int64), np.empty(0, np.float32)
+    parts = [_polygon_fractions(p, lattice, (n_rows, n_cols)) for p in polygons]
     cells = np.concatenate([cells for cells, _ in parts])
     fractions = np.concatenate([fractions for _, fractions in parts])
     unique, inverse = np.unique(cells, return_inverse=True)

@@ -23,11 +23,15 @@ def _project(tmp_path: Path, **overrides) -> Path:
         source = ROOT / name
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, tmp_path / name)
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    return _update_config(tmp_path, **overrides)
+
+
+def _update_config(project: Path, **overrides) -> Path:
+    config = yaml.safe_load((project / "config.yaml").read_text())
     for section, values in overrides.items():
         config[section] = {**config[section], **values}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    return project
 
 
 def _snakemake(project: Path, *args: str) -> tuple[int, str]:
@@ -102,18 +106,10 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
 
     assert "Nothing to be done" in _snakemake(project, "-n")[1]
 
-    changed = _project_config(project, tiling={"patch_size": 128})
+    changed = _update_config(project, tiling={"patch_size": 128})
     counts = _job_counts(_snakemake(changed, "-n")[1])
     assert counts.get("tile_slide") == 2
     assert "segment_tissue" not in counts and "make_demo_slide" not in counts
-
-
-def _project_config(project: Path, **overrides) -> Path:
-    config = yaml.safe_load((project / "config.yaml").read_text())
-    for section, values in overrides.items():
-        config[section] = {**config[section], **values}
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
-    return project
 
 
 def test_bad_slides_fail_alone_with_their_fix_in_the_log(tmp_path, cmu_slide, tcga_slide):
