@@ -80,3 +80,13 @@ def test_help_documents_every_option():
     ):
         assert option in result.stdout
     assert "default:" in result.stdout
+
+
+def test_demo_writes_slides_and_cohort(tmp_path):
+    assert main(["demo", "-o", str(tmp_path), "--n-slides", "2", "--seed", "3"]) == 0
+    sheet = (tmp_path / "cohort.csv").read_text().splitlines()
+    assert sheet[0] == "slide_id,case_id,label,time,event" and len(sheet) == 3
+    assert sorted(p.name for p in (tmp_path / "slides").iterdir()) == [
+        "demo_000.svs",
+        "demo_001.svs",
+    ]

@@ -105,6 +105,9 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
     assert (project / "resources/demo/cohort.csv").exists()
 
     assert "Nothing to be done" in _snakemake(project, "-n")[1]
+    code, output = _snakemake(project, "--report", "report.html")
+    assert code == 0, output
+    assert "demo_001_qc.png" in (project / "report.html").read_text()
 
     changed = _update_config(project, tiling={"patch_size": 128})
     counts = _job_counts(_snakemake(changed, "-n")[1])

@@ -3,12 +3,7 @@ rule segment_tissue:
         slide=slide_path,
     output:
         geojson="results/tissue/{slide}.geojson",
-        qc=report(
-            "results/tissue/{slide}_qc.png",
-            caption="../report/tissue_qc.rst",
-            category="Tissue",
-            labels={"slide": "{slide}"},
-        ),
+        qc="results/tissue/{slide}_qc.png",
     params:
         mpp=slide_mpp,
         mpp_default=config["slides"]["mpp_default"],
@@ -35,7 +30,7 @@ rule tile_slide:
         qc=report(
             "results/coords/{slide}_qc.png",
             caption="../report/tiling_qc.rst",
-            category="Patches",
+            category="Tissue and patches",
             labels={"slide": "{slide}"},
         ),
     params:
