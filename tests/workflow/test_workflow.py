@@ -70,7 +70,8 @@ def test_default_config_plans_the_demo_cohort(tmp_path):
     code, output = _snakemake(_project(tmp_path), "-n")
     assert code == 0, output
     counts = _job_counts(output)
-    assert counts["make_demo_slide"] == counts["segment_tissue"] == counts["tile_slide"] == 16
+    per_slide = ("make_demo_slide", "segment_tissue", "tile_slide", "extract_features")
+    assert [counts[rule] for rule in per_slide] == [16] * 4
     assert counts["make_demo_cohort"] == 1
 
 
@@ -81,6 +82,8 @@ def test_default_config_plans_the_demo_cohort(tmp_path):
         ("tiling", {"min_tissue_fraction": 2}, "min_tissue_fraction"),
         ("tissue", {"params": {"min_area": 5}}, "min_area"),
         ("tissue", {"preset": "frozen"}, "frozen"),
+        ("features", {"encoder": "uni_v3"}, "efficientnet_lite0"),
+        ("features", {"on_decode_error": "ignore"}, "on_decode_error"),
     ],
 )
 def test_config_errors_stop_before_any_job(tmp_path, section, values, named):
@@ -102,6 +105,9 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
         assert (project / f"results/tissue/{slide}.geojson").exists()
         assert (project / f"results/coords/{slide}_qc.png").exists()
         assert (project / f"logs/coords/{slide}.benchmark.tsv").exists()
+        with h5py.File(project / f"results/features/efficientnet_lite0/{slide}.h5") as h5:
+            assert h5["features"].shape == (len(h5["coords"]), 1280)
+            assert h5["features"].attrs["weights_source"] == "package:efficientnet_lite0"
     assert (project / "resources/demo/cohort.csv").exists()
 
     assert "Nothing to be done" in _snakemake(project, "-n")[1]
@@ -111,7 +117,7 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
 
     changed = _update_config(project, tiling={"patch_size": 128})
     counts = _job_counts(_snakemake(changed, "-n")[1])
-    assert counts.get("tile_slide") == 2
+    assert counts.get("tile_slide") == counts.get("extract_features") == 2
     assert "segment_tissue" not in counts and "make_demo_slide" not in counts
 
 

@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from extractors.demo import demo_cohort
+from extractors.encoders import list_encoders
 from extractors.wsi.discovery import (
     SLIDE_ID_PATTERN,
     SlideDiscoveryError,
@@ -39,6 +40,12 @@ def load_slides():
 DEMO_COHORT = demo_cohort(config["demo"]["n_slides"], config["demo"]["seed"])
 SLIDES = load_slides()
 
+if config["features"]["encoder"] not in list_encoders():
+    raise WorkflowError(
+        f"config.yaml: features.encoder {config['features']['encoder']!r} is not a registered "
+        f"encoder; choose one of {', '.join(list_encoders())}."
+    )
+
 unknown_overrides = sorted(set(config["tissue"]["per_slide"]) - set(SLIDES))
 if unknown_overrides:
     raise WorkflowError(
@@ -49,6 +56,7 @@ if unknown_overrides:
 
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
+    encoder="[A-Za-z0-9_]+",
 
 
 def slide_path(wildcards):
@@ -74,9 +82,13 @@ def demo_label(wildcards):
 
 
 def all_outputs():
-    outputs = expand(
-        ["results/coords/{slide}.h5", "results/coords/{slide}_qc.png"], slide=sorted(SLIDES)
-    )
+    per_slide = [
+        "results/coords/{slide}_qc.png",
+        "results/features/{encoder}/{slide}.h5",
+    ]
+    if config["features"]["export_stamp"]:
+        per_slide.append("results/stamp/{encoder}/{slide}.h5")
+    outputs = expand(per_slide, slide=sorted(SLIDES), encoder=config["features"]["encoder"])
     if config["demo"]["enabled"]:
         outputs.append("resources/demo/cohort.csv")
     return outputs

@@ -1,0 +1,164 @@
+"""Registry of patch encoders: each entry carries its architecture, preprocessing and weights.
+
+``create_encoder("uni_v2")`` builds the architecture locally and loads weights through
+:mod:`extractors.encoders.weights`, so a checkpoint from a model hub, the Hugging Face cache, or
+a local file all go through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pooled_output(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Default embedding: the model's own pooled output (timm models with ``num_classes=0``)."""
+    return model(images)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything needed to build, feed and load one patch encoder.
+
+    Attributes:
+        name: Registry name (``uni_v2``).
+        build: Returns the architecture with random weights; its ``state_dict`` keys are those
+            of the published checkpoint (after ``remap_state_dict``).
+        embed_dim: Length of one patch embedding.
+        embed: ``(model, normalised images) -> (B, embed_dim)``.
+        input_size: Side of the square image the model takes.
+        resize_size: If set, resize to this side, then centre-crop ``input_size``; else resize
+            straight to ``input_size``.
+        mean: Per-channel normalisation mean (images in [0, 1]).
+        std: Per-channel normalisation std.
+        native_mpp: Microns per pixel the model was trained at.
+        hf_repo: Hugging Face repository of the weights, if any.
+        hf_filename: Weight file within ``hf_repo``.
+        package_weights: Returns the path of weights shipped inside an installed package.
+        remap_state_dict: Maps a published state dict onto ``build()``'s keys.
+        license: Licence of the weights.
+        gated: Whether the weights need an approved access request.
+        notes: Where the recipe comes from and anything unusual.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    embed_dim: int
+    embed: Callable[[nn.Module, torch.Tensor], torch.Tensor] = pooled_output
+    input_size: int = 224
+    resize_size: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    native_mpp: float = 0.5
+    hf_repo: str | None = None
+    hf_filename: str | None = None
+    package_weights: Callable[[], Path] | None = None
+    remap_state_dict: Callable[[dict], dict] | None = None
+    license: str = ""
+    gated: bool = False
+    notes: str = ""
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(spec: EncoderSpec) -> EncoderSpec:
+    """Add an encoder to the registry (names are unique)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_entries() -> None:
+    # Importing the modules registers their entries.
+    from extractors.encoders import embedded, foundation  # noqa: F401
+
+
+def list_encoders() -> list[str]:
+    """Names of all registered encoders, sorted."""
+    _load_entries()
+    return sorted(_REGISTRY)
+
+
+def get_encoder_spec(name: str) -> EncoderSpec:
+    """The spec of a registered encoder.
+
+    Raises:
+        ValueError: Unknown name; the message lists the valid ones.
+    """
+    _load_entries()
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown encoder {name!r}; valid encoders: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+class Encoder(nn.Module):
+    """A patch encoder in eval mode that takes uint8 images and returns embeddings.
+
+    Args:
+        spec: The registry entry.
+        model: Its architecture with loaded weights.
+        weights_source: Where the weights came from (recorded in feature files).
+    """
+
+    def __init__(self, spec: EncoderSpec, model: nn.Module, weights_source: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model.eval()
+        self.weights_source = weights_source
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
+
+    @property
+    def embed_dim(self) -> int:
+        """Length of one embedding."""
+        return self.spec.embed_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed a batch.
+
+        Args:
+            images: uint8 (B, 3, input_size, input_size), RGB, already resized (see
+                :func:`extractors.encoders.preprocess.prepare_patch`).
+
+        Returns:
+            (B, embed_dim) embeddings.
+        """
+        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        return self.spec.embed(self.model, x)
+
+
+def create_encoder(
+    name: str, *, checkpoint: str | Path | None = None, pretrained: bool = True
+) -> Encoder:
+    """Build a registered encoder with its weights.
+
+    Args:
+        name: Registry name.
+        checkpoint: Local weight file (``.safetensors``, ``.bin``, ``.pth``); wins over every
+            other source. ``QUERENT_WEIGHTS_<NAME>`` in the environment does the same.
+        pretrained: False gives random weights (tests, benchmarks).
+
+    Raises:
+        ValueError: Unknown encoder.
+        extractors.encoders.weights.WeightsError: No weights could be found; the message says
+            how to provide a local checkpoint.
+    """
+    from extractors.encoders.weights import load_weights
+
+    spec = get_encoder_spec(name)
+    model = spec.build()
+    source = "random"
+    if pretrained:
+        source = load_weights(spec, model, checkpoint)
+    return Encoder(spec, model, source)

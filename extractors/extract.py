@@ -1,0 +1,276 @@
+"""Patch features: run an encoder over a slide's coords and write the features HDF5.
+
+The output opens as it is in CLAM (``features``, ``coords``) and TRIDENT / Patho-Bench (the
+coords attributes, ``patch_size_level0`` among them, are copied from the coords file).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from extractors.atomic import atomic_path
+from extractors.encoders.registry import Encoder, EncoderSpec
+from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks
+from extractors.wsi.reader import Slide, SlideError
+
+logger = logging.getLogger(__name__)
+
+#: Largest relative difference between the patches' effective MPP and the encoder's native MPP.
+#: 256 px at 0.5 µm/px resized to 224 (the CLAM / TRIDENT convention) is 14% off and passes.
+MPP_MISMATCH_TOLERANCE = 0.2
+
+
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How to run an extraction; none of these changes the features.
+
+    Attributes:
+        batch_size: Patches per encoder call (about; blocks are not split); None: 256 on CUDA,
+            16 on CPU (larger CPU batches run slower, measured on EfficientNet-Lite0).
+        num_workers: Reader processes (0: read in the main process).
+        block_cells: Lattice cells per side of one region read.
+        skip_errors: Skip patches whose region fails to decode twice (recorded) or fail.
+        allow_mpp_mismatch: Encode even if the patch resolution differs from the encoder's.
+        device: ``cuda``, ``cpu`` or None (CUDA when available).
+    """
+
+    batch_size: int | None = None
+    num_workers: int = 1
+    block_cells: int = 4
+    skip_errors: bool = False
+    allow_mpp_mismatch: bool = False
+    device: str | None = None
+
+
+def read_coords_file(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Coords (N, 2) and the ``coords`` attributes of a coords file, with a clear error."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5["coords"][:], dict(h5["coords"].attrs)
+    except (OSError, KeyError) as err:
+        raise ValueError(
+            f"{path}: not a readable coords file ({err}); run `querent tile` for its slide again."
+        ) from err
+
+
+def check_same_slide(attrs: dict, slide: Slide, coords_path: str | Path) -> None:
+    """Raise unless the coords file was made from this slide (id and level-0 size)."""
+    found = (attrs.get("name"), int(attrs["level0_width"]), int(attrs["level0_height"]))
+    expected = (slide.slide_id, *slide.dimensions)
+    if found != expected:
+        raise ValueError(
+            f"{coords_path} was made for slide {found[0]!r} of {found[1]} x {found[2]} px, but "
+            f"the slide given is {expected[0]!r} of {expected[1]} x {expected[2]} px "
+            f"({slide.path}); pass the matching coords file or tile this slide again."
+        )
+
+
+def patch_geometry(attrs: dict, spec: EncoderSpec) -> PatchGeometry:
+    """Read level and sizes of the patches, and how they are shaped for ``spec``."""
+    return PatchGeometry(
+        level=int(attrs["patch_level"]),
+        downsample=float(np.asarray(attrs["downsample"]).ravel()[0]),
+        patch_size_level0=int(attrs["patch_size_level0"]),
+        step_level0=int(attrs["step_level0"]),
+        read_size=int(attrs["read_size"]),
+        resize_size=spec.resize_size or spec.input_size,
+        crop_size=spec.input_size,
+    )
+
+
+def effective_mpp(attrs: dict, spec: EncoderSpec) -> float:
+    """Microns per pixel of what the encoder sees, after resizing the patch."""
+    return (
+        float(attrs["target_mpp"])
+        * int(attrs["patch_size"])
+        / (spec.resize_size or spec.input_size)
+    )
+
+
+def check_resolution(attrs: dict, spec: EncoderSpec, *, allow: bool, where: str) -> None:
+    """Refuse patches whose resolution does not suit the encoder, unless ``allow``."""
+    seen = effective_mpp(attrs, spec)
+    if abs(seen / spec.native_mpp - 1) <= MPP_MISMATCH_TOLERANCE:
+        return
+    message = (
+        f"{where}: patches of {attrs['patch_size']} px at {attrs['target_mpp']} µm/px reach "
+        f"encoder {spec.name} at {seen:.3f} µm/px, but it expects {spec.native_mpp} µm/px."
+    )
+    if not allow:
+        raise ValueError(
+            f"{message} Fix: tile at target_mpp {spec.native_mpp} with patch_size about "
+            f"{spec.resize_size or spec.input_size}, or set features.allow_mpp_mismatch "
+            "(CLI --allow-mpp-mismatch) if you mean it."
+        )
+    logger.warning("%s Going on: allow_mpp_mismatch is set.", message)
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 (fp16 on older GPUs) autocast on CUDA; None (fp32) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def encode_patches(
+    dataset: PatchBlocks, encoder: Encoder, options: ExtractionOptions, *, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed every patch of a dataset.
+
+    Returns:
+        (features (N, D) float32 with NaN rows for skipped patches, skipped indices).
+    """
+    device = next(encoder.parameters()).device
+    dtype = autocast_dtype(device)
+    n_patches = len(dataset.coords)
+    features = np.full((n_patches, encoder.embed_dim), np.nan, np.float32)
+    per_block = max(1.0, n_patches / max(1, len(dataset)))
+    batch_size = options.batch_size or (256 if device.type == "cuda" else 16)
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, round(batch_size / per_block)),
+        num_workers=options.num_workers,
+        collate_fn=collate_blocks,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init,
+        prefetch_factor=4 if options.num_workers else None,
+        persistent_workers=False,
+    )
+    skipped = []
+    with torch.inference_mode(), tqdm(total=n_patches, desc=desc, unit="patch") as progress:
+        for indices, patches, failed in loader:
+            skipped.append(failed.numpy())
+            if len(indices):
+                images = patches.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    embeddings = encoder(images)
+                features[indices.numpy()] = embeddings.float().cpu().numpy()
+            progress.update(len(indices) + len(failed))
+    return features, np.concatenate(skipped) if skipped else np.empty(0, np.int64)
+
+
+def write_features(
+    path: str | Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    coords_attrs: dict,
+    feature_attrs: dict,
+    skipped_coords: np.ndarray,
+) -> None:
+    """Write a features HDF5 (atomic): ``features`` (N, D) and ``coords`` (N, 2), rows aligned."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=features.astype(np.float32)).attrs.update(feature_attrs)
+        h5.create_dataset("coords", data=coords.astype(np.int64)).attrs.update(coords_attrs)
+        if len(skipped_coords):
+            h5.create_dataset("skipped_coords", data=skipped_coords.astype(np.int64))
+
+
+def extract_slide(
+    slide_path: str | Path,
+    coords_path: str | Path,
+    encoder: Encoder,
+    out_path: str | Path,
+    *,
+    slide_kwargs: dict | None = None,
+    options: ExtractionOptions = ExtractionOptions(),
+) -> int:
+    """Extract the features of one slide into ``out_path``.
+
+    Args:
+        slide_path: The slide.
+        coords_path: Its coords file (from ``querent tile`` / rule ``tile_slide``).
+        encoder: A loaded encoder on its device.
+        out_path: Output ``.h5``.
+        slide_kwargs: Keyword arguments of :class:`Slide` (slide_id, mpp_override, ...).
+        options: Batch size, workers, error handling.
+
+    Returns:
+        Number of patches written.
+    """
+    slide_kwargs = slide_kwargs or {}
+    coords, attrs = read_coords_file(coords_path)
+    with Slide(slide_path, **slide_kwargs) as slide:
+        check_same_slide(attrs, slide, coords_path)
+        slide_id = slide.slide_id
+    spec = encoder.spec
+    check_resolution(attrs, spec, allow=options.allow_mpp_mismatch, where=f"slide {slide_id!r}")
+    dataset = PatchBlocks(
+        slide_path,
+        {**slide_kwargs, "slide_id": slide_id},
+        coords,
+        patch_geometry(attrs, spec),
+        block_cells=options.block_cells,
+        skip_errors=options.skip_errors,
+    )
+    try:
+        features, skipped = encode_patches(dataset, encoder, options, desc=slide_id)
+    except SlideError as err:
+        raise SlideError(
+            f"{err} Fix: re-copy the slide, or set features.on_decode_error: skip (CLI "
+            "--skip-errors) to leave such patches out and record them."
+        ) from err
+    keep = np.ones(len(coords), bool)
+    keep[skipped] = False
+    if len(skipped):
+        logger.warning("%s: %d patches skipped after decode errors", slide_id, len(skipped))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[
+        autocast_dtype(next(encoder.parameters()).device)
+    ]
+    feature_attrs = {
+        "encoder": spec.name,
+        "embed_dim": spec.embed_dim,
+        "precision": precision,
+        "weights_source": encoder.weights_source,
+        "input_size": spec.input_size,
+        "effective_mpp": effective_mpp(attrs, spec),
+        "n_skipped": len(skipped),
+    }
+    write_features(out_path, features[keep], coords[keep], attrs, feature_attrs, coords[skipped])
+    logger.info("%s: %d x %d features -> %s", slide_id, keep.sum(), spec.embed_dim, out_path)
+    return int(keep.sum())
+
+
+def export_stamp(features_path: str | Path, out_path: str | Path) -> None:
+    """Write a STAMP-style feature file: ``feats`` (float16) and ``coords`` in µm.
+
+    Attributes: ``unit`` ("um"), ``tile_size_um``, ``tile_size_px``, ``extractor``.
+    """
+    with h5py.File(features_path, "r") as h5:
+        features = h5["features"][:]
+        coords = h5["coords"][:]
+        coords_attrs = dict(h5["coords"].attrs)
+        encoder = h5["features"].attrs["encoder"]
+    mpp = float(coords_attrs["level0_mpp"])
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("feats", data=features.astype(np.float16))
+        h5.create_dataset("coords", data=coords.astype(np.float64) * mpp)
+        h5.attrs.update(
+            {
+                "unit": "um",
+                "tile_size_um": float(coords_attrs["patch_size_level0"]) * mpp,
+                "tile_size_px": int(coords_attrs["patch_size"]),
+                "extractor": encoder,
+            }
+        )

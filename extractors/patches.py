@@ -1,0 +1,165 @@
+"""Read the patches of a coords file, fast: neighbours come from one region read.
+
+Patches are grouped into blocks of ``block_cells x block_cells`` lattice cells; each block is
+one ``read_region`` call, cut into patches and resized to the encoder's input. A
+:class:`PatchBlocks` dataset is safe for DataLoader worker processes: each opens its own slide.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from extractors.wsi.reader import Slide, SlideError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How patches of a coords file are read and shaped for an encoder.
+
+    Attributes:
+        level: Pyramid level to read.
+        downsample: That level's downsample.
+        patch_size_level0: Patch side in level-0 pixels.
+        step_level0: Lattice step in level-0 pixels.
+        read_size: Patch side at ``level``.
+        resize_size: Side the patch is resized to.
+        crop_size: Side of the centred crop fed to the encoder (== resize_size: no crop).
+    """
+
+    level: int
+    downsample: float
+    patch_size_level0: int
+    step_level0: int
+    read_size: int
+    resize_size: int
+    crop_size: int
+
+
+def prepare_patch(patch: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
+    """Resize an RGB patch (area for shrinking, cubic for enlarging) and centre-crop it.
+
+    Returns:
+        uint8 (3, crop_size, crop_size), channels first.
+    """
+    if patch.shape[0] != resize_size or patch.shape[1] != resize_size:
+        shrink = patch.shape[0] > resize_size
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        patch = cv2.resize(patch, (resize_size, resize_size), interpolation=interpolation)
+    start = (resize_size - crop_size) // 2
+    patch = patch[start : start + crop_size, start : start + crop_size]
+    return np.ascontiguousarray(patch.transpose(2, 0, 1))
+
+
+def group_into_blocks(coords: np.ndarray, step_level0: int, block_cells: int) -> list[np.ndarray]:
+    """Indices of ``coords`` grouped by blocks of ``block_cells`` x ``block_cells`` lattice cells.
+
+    Blocks are ordered row-major, and indices within a block ascend, so the order is stable.
+    """
+    if len(coords) == 0:
+        return []
+    cells = coords // step_level0 // block_cells
+    keys = cells[:, 1] * (int(cells[:, 0].max()) + 1) + cells[:, 0]
+    order = np.lexsort((np.arange(len(coords)), keys))
+    boundaries = np.flatnonzero(np.diff(keys[order])) + 1
+    return np.split(order, boundaries)
+
+
+class PatchBlocks(Dataset):
+    """Blocks of patches of one slide, each read with one region read.
+
+    Args:
+        slide_path: The slide file.
+        slide_kwargs: Keyword arguments of :class:`Slide` (slide_id, mpp_override, ...).
+        coords: (N, 2) level-0 top-left coordinates.
+        geometry: How to read and shape patches.
+        block_cells: Lattice cells per block side.
+        skip_errors: On a region that fails to decode twice, skip its patches (True) or raise.
+    """
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        slide_kwargs: dict,
+        coords: np.ndarray,
+        geometry: PatchGeometry,
+        *,
+        block_cells: int = 4,
+        skip_errors: bool = False,
+    ) -> None:
+        self.slide_path = Path(slide_path)
+        self.slide_kwargs = slide_kwargs
+        self.coords = coords
+        self.geometry = geometry
+        self.blocks = group_into_blocks(coords, geometry.step_level0, block_cells)
+        self.skip_errors = skip_errors
+        self._slide: Slide | None = None
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def _open(self) -> Slide:
+        if self._slide is None:
+            self._slide = Slide(self.slide_path, **self.slide_kwargs)
+        return self._slide
+
+    def _read_block(self, indices: np.ndarray) -> np.ndarray:
+        g = self.geometry
+        corner = self.coords[indices].min(axis=0)
+        extent = self.coords[indices].max(axis=0) - corner + g.patch_size_level0
+        # One spare pixel absorbs the rounding of patch offsets and read_size at the level.
+        size = tuple(int(math.ceil(e / g.downsample)) + 1 for e in extent)
+        return self._open().read_region((int(corner[0]), int(corner[1])), g.level, size)
+
+    def __getitem__(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """One block: (indices into coords, uint8 patches (n, 3, crop, crop)).
+
+        A failed read is retried once with a fresh slide handle; then it raises, or with
+        ``skip_errors`` returns the block's indices with no patches (n = 0).
+        """
+        indices = self.blocks[item]
+        try:
+            region = self._read_block(indices)
+        except SlideError as first:
+            logger.warning("retrying after a failed read: %s", first)
+            self._slide = None
+            try:
+                region = self._read_block(indices)
+            except SlideError as second:
+                if not self.skip_errors:
+                    raise
+                logger.warning("skipping %d patches: %s", len(indices), second)
+                g = self.geometry
+                return indices, np.empty((0, 3, g.crop_size, g.crop_size), np.uint8)
+        g = self.geometry
+        corner = self.coords[indices].min(axis=0)
+        patches = []
+        for x, y in self.coords[indices]:
+            left = int(round((x - corner[0]) / g.downsample))
+            top = int(round((y - corner[1]) / g.downsample))
+            patch = region[top : top + g.read_size, left : left + g.read_size]
+            patches.append(prepare_patch(patch, g.resize_size, g.crop_size))
+        return indices, np.stack(patches)
+
+
+def collate_blocks(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+    """Concatenate blocks: (indices, patches, failed indices) as tensors."""
+    kept = [(i, p) for i, p in items if len(p)]
+    failed = [i for i, p in items if not len(p)]
+    indices = np.concatenate([i for i, _ in kept]) if kept else np.empty(0, np.int64)
+    patches = np.concatenate([p for _, p in kept]) if kept else np.empty((0, 3, 1, 1), np.uint8)
+    failed_indices = np.concatenate(failed) if failed else np.empty(0, np.int64)
+    return (
+        torch.from_numpy(indices.astype(np.int64)),
+        torch.from_numpy(patches),
+        torch.from_numpy(failed_indices.astype(np.int64)),
+    )

@@ -1,0 +1,38 @@
+rule extract_features:
+    input:
+        slide=slide_path,
+        coords="results/coords/{slide}.h5",
+    output:
+        "results/features/{encoder}/{slide}.h5",
+    params:
+        mpp=slide_mpp,
+        mpp_default=config["slides"]["mpp_default"],
+        checkpoint=config["features"]["checkpoint"],
+        skip_errors=config["features"]["on_decode_error"] == "skip",
+        allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
+    log:
+        "logs/features/{encoder}/{slide}.log",
+    benchmark:
+        "logs/features/{encoder}/{slide}.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/extract_features.py"
+
+
+rule export_stamp:
+    input:
+        "results/features/{encoder}/{slide}.h5",
+    output:
+        "results/stamp/{encoder}/{slide}.h5",
+    log:
+        "logs/stamp/{encoder}/{slide}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/export_stamp.py"

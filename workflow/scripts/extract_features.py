@@ -1,0 +1,29 @@
+"""Snakemake adapter: extract one slide's patch features."""
+
+import torch
+
+from extractors.encoders import create_encoder
+from extractors.extract import ExtractionOptions, extract_slide, pick_device
+from extractors.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+encoder = create_encoder(
+    snakemake.wildcards.encoder, checkpoint=snakemake.params.checkpoint or None
+).to(pick_device(None))
+extract_slide(
+    snakemake.input.slide,
+    snakemake.input.coords,
+    encoder,
+    snakemake.output[0],
+    slide_kwargs={
+        "slide_id": snakemake.wildcards.slide,
+        "mpp_override": snakemake.params.mpp,
+        "mpp_default": snakemake.params.mpp_default,
+    },
+    options=ExtractionOptions(
+        num_workers=max(1, snakemake.threads - 1),
+        skip_errors=snakemake.params.skip_errors,
+        allow_mpp_mismatch=snakemake.params.allow_mpp_mismatch,
+    ),
+)
