@@ -1,0 +1,263 @@
+"""Foundation encoders: random-weight forward, published-checkpoint round trip, recipe facts.
+
+No weights can be downloaded here, so each architecture is built with random weights, saved in
+the key format of its published checkpoint and loaded back through ``create_encoder(name,
+checkpoint=...)``, the path users take with a downloaded file.
+"""
+
+import gc
+import importlib.util
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+
+from extractors.encoders import (
+    WeightsError,
+    create_encoder,
+    foundation,
+    get_encoder_spec,
+    list_encoders,
+)
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
+
+#: name -> (embed_dim, input_size, resize_size, (mean, std), hf_repo, hf_filename, gated)
+RECIPES = {
+    "uni_v1": (1024, 224, None, IMAGENET, "MahmoodLab/UNI", "pytorch_model.bin", True),
+    "uni_v2": (1536, 224, None, IMAGENET, "MahmoodLab/UNI2-h", "pytorch_model.bin", True),
+    "virchow2": (2560, 224, None, IMAGENET, "paige-ai/Virchow2", "pytorch_model.bin", True),
+    "h_optimus_0": (1536, 224, None, HOPTIMUS, "bioptimus/H-optimus-0", "pytorch_model.bin", True),
+    "h_optimus_1": (1536, 224, None, HOPTIMUS, "bioptimus/H-optimus-1", "model.safetensors", True),
+    "gigapath": (
+        1536,
+        224,
+        256,
+        IMAGENET,
+        "prov-gigapath/prov-gigapath",
+        "pytorch_model.bin",
+        True,
+    ),
+    "conch_v15": (
+        768,
+        448,
+        None,
+        IMAGENET,
+        "MahmoodLab/conchv1_5",
+        "pytorch_model_vision.bin",
+        True,
+    ),
+    "phikon_v2": (1024, 224, None, IMAGENET, "owkin/phikon-v2", "model.safetensors", False),
+    "resnet50_trunc": (
+        1024,
+        224,
+        None,
+        IMAGENET,
+        "timm/resnet50.tv_in1k",
+        "model.safetensors",
+        False,
+    ),
+}
+
+#: ViTs of 0.6 to 1.1 billion parameters: ~9 GB and tens of seconds for a round trip on a CPU.
+GIANTS = {"uni_v2", "virchow2", "h_optimus_0", "h_optimus_1", "gigapath"}
+NO_TRANSFORMERS = importlib.util.find_spec("transformers") is None
+
+
+def _param(name: str):
+    marks = []
+    if name in GIANTS:
+        marks.append(pytest.mark.slow)
+    if name == "phikon_v2":
+        marks.append(pytest.mark.skipif(NO_TRANSFORMERS, reason="transformers is not installed"))
+    return pytest.param(name, marks=marks)
+
+
+ENCODERS = [_param(name) for name in RECIPES]
+
+
+def _images(input_size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(
+        0, 256, (2, 3, input_size, input_size), dtype=torch.uint8, generator=generator
+    )
+
+
+def _embed(encoder, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder(images)
+
+
+def _published_state(name: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The random model's weights in the key format of the published checkpoint."""
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    if name == "resnet50_trunc":
+        # The published ImageNet ResNet-50 also holds layer4 and the classifier.
+        state["layer4.0.conv1.weight"] = torch.randn(512, 1024, 1, 1)
+        state["fc.weight"] = torch.randn(1000, 2048)
+        state["fc.bias"] = torch.randn(1000)
+    return state
+
+
+def test_all_foundation_encoders_are_registered():
+    assert set(RECIPES) <= set(list_encoders())
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_matches_the_model_card(name):
+    embed_dim, input_size, resize_size, (mean, std), repo, filename, gated = RECIPES[name]
+    spec = get_encoder_spec(name)
+    assert (spec.embed_dim, spec.input_size, spec.resize_size) == (
+        embed_dim,
+        input_size,
+        resize_size,
+    )
+    assert (spec.mean, spec.std) == (mean, std)
+    assert (spec.hf_repo, spec.hf_filename, spec.gated) == (repo, filename, gated)
+    # What one input pixel covers: 20x tiles, resized to the input (CONCH v1.5: 512 -> 448).
+    tile_px = 512 if name == "conch_v15" else (resize_size or input_size)
+    assert spec.native_mpp * (resize_size or input_size) == pytest.approx(0.5 * tile_px)
+    assert spec.license
+    assert "Source:" in spec.notes
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path):
+    """One build per encoder: forward on uint8 images, then the same weights from a file."""
+    encoder = create_encoder(name, pretrained=False)
+    assert encoder.weights_source == "random"
+    images = _images(encoder.spec.input_size)
+    expected = _embed(encoder, images)
+    assert expected.shape == (2, encoder.spec.embed_dim)
+    assert torch.isfinite(expected).all()
+    assert not torch.equal(expected[0], expected[1])
+
+    path = tmp_path / f"{name}.safetensors"
+    save_file(_published_state(name, encoder.model), str(path))
+    del encoder
+    gc.collect()
+
+    loaded = create_encoder(name, checkpoint=path)
+    assert loaded.weights_source.startswith("local:")
+    assert torch.equal(_embed(loaded, images), expected)
+    del loaded
+    gc.collect()
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_checkpoint_of_another_architecture_is_rejected(name, tmp_path):
+    path = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(path))
+    with pytest.raises(WeightsError, match=f"encoder {name}"):
+        create_encoder(name, checkpoint=path)
+    gc.collect()
+
+
+def test_h_optimus_use_their_own_normalisation():
+    for name in ("h_optimus_0", "h_optimus_1"):
+        spec = get_encoder_spec(name)
+        assert spec.mean == (0.707223, 0.578729, 0.703617)
+        assert spec.std == (0.211883, 0.230117, 0.177517)
+
+
+def test_gigapath_resizes_to_256_then_crops_224():
+    spec = get_encoder_spec("gigapath")
+    assert (spec.resize_size, spec.input_size) == (256, 224)
+
+
+@pytest.mark.slow
+def test_virchow2_concatenates_class_token_and_mean_of_patch_tokens_after_registers():
+    spec = get_encoder_spec("virchow2")
+    model = spec.build().eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.forward_features(images)
+        embedding = spec.embed(model, images)
+    assert tokens.shape == (2, 1 + 4 + 16 * 16, 1280)
+    assert model.num_prefix_tokens == 5
+    assert torch.equal(embedding[:, :1280], tokens[:, 0])
+    torch.testing.assert_close(embedding[:, 1280:], tokens[:, 5:].mean(dim=1))
+
+
+def test_resnet50_trunc_drops_layer4_and_classifier():
+    state = {
+        "conv1.weight": torch.zeros(1),
+        "layer3.5.bn3.bias": torch.zeros(1),
+        "layer4.0.conv1.weight": torch.zeros(1),
+        "fc.weight": torch.zeros(1),
+        "fc.bias": torch.zeros(1),
+    }
+    assert set(foundation.drop_resnet_head(state)) == {"conv1.weight", "layer3.5.bn3.bias"}
+
+
+def test_resnet50_trunc_pools_1024_channels_after_layer3():
+    spec = get_encoder_spec("resnet50_trunc")
+    model = spec.build().eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        (feature_map,) = model(images)
+        embedding = spec.embed(model, images)
+    assert feature_map.shape == (2, 1024, 14, 14)
+    torch.testing.assert_close(embedding, feature_map.mean(dim=(2, 3)))
+    assert not any(key.startswith(("layer4.", "fc.")) for key in model.state_dict())
+
+
+def test_ibot_pos_embed_keeps_the_native_grid():
+    pos_embed = torch.randn(1, 1 + 14 * 14, 8)
+    assert foundation.ibot_pos_embed(pos_embed, (14, 14)) is pos_embed
+
+
+def test_ibot_pos_embed_uses_dino_scale_factor_not_target_size():
+    pos_embed = torch.randn(1, 1 + 14 * 14, 8, dtype=torch.float64)
+    resized = foundation.ibot_pos_embed(pos_embed, (28, 28))
+    assert resized.shape == (1, 1 + 28 * 28, 8)
+    assert torch.equal(resized[:, 0], pos_embed[:, 0])
+    table = pos_embed[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    reference = F.interpolate(table, scale_factor=(28.1 / 14, 28.1 / 14), mode="bicubic")
+    torch.testing.assert_close(resized[:, 1:], reference.permute(0, 2, 3, 1).reshape(1, -1, 8))
+    by_size = resample_abs_pos_embed(pos_embed, new_size=(28, 28), num_prefix_tokens=1)
+    assert not torch.allclose(resized, by_size)
+
+
+def test_conch_v15_trunk_matches_timm_at_the_native_size():
+    model = foundation.ConchV15Vision().eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.tokens(images), model.trunk.forward_features(images))
+        assert model.tokens(torch.randn(1, 3, 448, 448)).shape == (1, 1 + 28 * 28, 1024)
+    assert model.trunk.pos_embed.shape == (1, 1 + 14 * 14, 1024)
+
+
+def test_attentional_pooler_is_single_query_cross_attention():
+    pooler = foundation.AttentionalPooler(dim=8, context_dim=6, heads=2).eval()
+    tokens = torch.randn(3, 5, 6)
+    with torch.no_grad():
+        q = pooler.to_q(pooler.ln_q(pooler.query)).view(2, 4)  # (h, e)
+        k, v = pooler.to_kv(pooler.ln_k(tokens)).chunk(2, dim=-1)
+        k, v = k.view(3, 5, 2, 4), v.view(3, 5, 2, 4)  # (b, n, h, e)
+        weights = torch.einsum("he,bnhe->bhn", q, k).div(2.0).softmax(dim=-1)
+        expected = pooler.to_out(torch.einsum("bhn,bnhe->bhe", weights, v).reshape(3, 8))
+        torch.testing.assert_close(pooler(tokens), expected)
+
+
+def test_attentional_pooler_rejects_heads_that_do_not_divide_dim():
+    with pytest.raises(ValueError, match="not divisible"):
+        foundation.AttentionalPooler(dim=10, context_dim=6, heads=3)
+
+
+@pytest.mark.skipif(NO_TRANSFORMERS, reason="transformers is not installed")
+def test_phikon_v2_is_a_dinov2_vit_l16_whose_embedding_is_the_class_token():
+    spec = get_encoder_spec("phikon_v2")
+    model = spec.build().eval()
+    state = model.state_dict()
+    assert state["embeddings.position_embeddings"].shape == (1, 1 + 14 * 14, 1024)
+    assert state["embeddings.patch_embeddings.projection.weight"].shape == (1024, 3, 16, 16)
+    assert "encoder.layer.23.layer_scale2.lambda1" in state
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        hidden = model(pixel_values=images).last_hidden_state
+        assert torch.equal(spec.embed(model, images), hidden[:, 0])
