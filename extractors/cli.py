@@ -201,7 +201,10 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="patches per encoder call (default: by device)"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="reader processes, each with its own slide handle"
+        "--workers",
+        type=int,
+        default=None,
+        help="reader processes, each with its own slide handle (default: by device and threads)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA if available)")

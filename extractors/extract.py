@@ -7,6 +7,7 @@ coords attributes, ``patch_size_level0`` among them, are copied from the coords 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,9 @@ class ExtractionOptions:
     Attributes:
         batch_size: Patches per encoder call (about; blocks are not split); None: 256 on CUDA,
             16 on CPU (larger CPU batches run slower, measured on EfficientNet-Lite0).
-        num_workers: Reader processes (0: read in the main process).
+        num_workers: Reader processes (0: read in the main process); None: up to 8 on CUDA,
+            and on CPU none for two torch threads or fewer (a reader would slow the encoder
+            down more than it saves), else one.
         block_cells: Lattice cells per side of one region read.
         skip_errors: Skip patches whose region fails to decode twice (recorded) or fail.
         allow_mpp_mismatch: Encode even if the patch resolution differs from the encoder's.
@@ -43,11 +46,19 @@ class ExtractionOptions:
     """
 
     batch_size: int | None = None
-    num_workers: int = 1
+    num_workers: int | None = None
     block_cells: int = 4
     skip_errors: bool = False
     allow_mpp_mismatch: bool = False
     device: str | None = None
+
+    def resolved_workers(self, device: torch.device) -> int:
+        """Reader processes for ``device`` (see ``num_workers``)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if device.type == "cuda":
+            return max(1, min(8, (os.cpu_count() or 2) - 1))
+        return 0 if torch.get_num_threads() <= 2 else 1
 
 
 def read_coords_file(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -127,13 +138,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _worker_init(_: int) -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def encode_patches(
     dataset: PatchBlocks, encoder: Encoder, options: ExtractionOptions, *, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -148,14 +152,16 @@ def encode_patches(
     features = np.full((n_patches, encoder.embed_dim), np.nan, np.float32)
     per_block = max(1.0, n_patches / max(1, len(dataset)))
     batch_size = options.batch_size or (256 if device.type == "cuda" else 16)
+    workers = options.resolved_workers(device)
     loader = DataLoader(
         dataset,
         batch_size=max(1, round(batch_size / per_block)),
-        num_workers=options.num_workers,
+        num_workers=workers,
         collate_fn=collate_blocks,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init,
-        prefetch_factor=4 if options.num_workers else None,
+        # No per-worker thread settings: cv2.setNumThreads in a forked child hangs once the
+        # parent has used OpenCV's thread pool (tests/extractors/test_extract.py).
+        prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
     skipped = []

@@ -22,7 +22,6 @@ extract_slide(
         "mpp_default": snakemake.params.mpp_default,
     },
     options=ExtractionOptions(
-        num_workers=max(1, snakemake.threads - 1),
         skip_errors=snakemake.params.skip_errors,
         allow_mpp_mismatch=snakemake.params.allow_mpp_mismatch,
     ),
