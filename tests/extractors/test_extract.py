@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -211,3 +214,21 @@ def test_killed_extraction_leaves_no_complete_looking_file(
             options=ExtractionOptions(num_workers=0, batch_size=8),
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_forked_readers_do_not_hang_after_opencv_was_used(cmu_coords, tmp_path):
+    # A forked reader that touches OpenCV's thread settings hangs once the parent has used
+    # OpenCV's pool; run in a subprocess so a hang fails the test instead of the run.
+    slide, coords_path = cmu_coords
+    out = tmp_path / "f.h5"
+    script = f"""
+import cv2, numpy as np
+cv2.resize(np.zeros((4000, 4000, 3), np.uint8), (1000, 1000), interpolation=cv2.INTER_AREA)
+from extractors.encoders import create_encoder
+from extractors.extract import ExtractionOptions, extract_slide
+encoder = create_encoder("efficientnet_lite0", pretrained=False)
+options = ExtractionOptions(num_workers=2)
+extract_slide({str(slide)!r}, {str(coords_path)!r}, encoder, {str(out)!r}, options=options)
+"""
+    subprocess.run([sys.executable, "-c", script], timeout=180, check=True, capture_output=True)
+    assert out.exists()
