@@ -151,6 +151,8 @@ def run_extract(args: argparse.Namespace) -> None:
         allow_mpp_mismatch=args.allow_mpp_mismatch,
         device=args.device,
     )
+    if args.slide_id and len(args.slides) > 1:
+        raise ValueError("--slide-id names one slide; with several, each is named by its file")
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder = create_encoder(args.encoder, checkpoint=args.checkpoint)

@@ -129,7 +129,7 @@ class Encoder(nn.Module):
 
         Args:
             images: uint8 (B, 3, input_size, input_size), RGB, already resized (see
-                :func:`extractors.encoders.preprocess.prepare_patch`).
+                :func:`extractors.patches.prepare_patch`).
 
         Returns:
             (B, embed_dim) embeddings.

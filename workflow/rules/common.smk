@@ -63,8 +63,13 @@ def slide_path(wildcards):
     return str(SLIDES[wildcards.slide].path)
 
 
-def slide_mpp(wildcards):
-    return SLIDES[wildcards.slide].mpp
+def slide_kwargs(wildcards):
+    """Keyword arguments of extractors.wsi.reader.Slide for one slide."""
+    return {
+        "slide_id": wildcards.slide,
+        "mpp_override": SLIDES[wildcards.slide].mpp,
+        "mpp_default": config["slides"]["mpp_default"],
+    }
 
 
 def tissue_settings(wildcards):

@@ -5,8 +5,7 @@ rule extract_features:
     output:
         "results/features/{encoder}/{slide}.h5",
     params:
-        mpp=slide_mpp,
-        mpp_default=config["slides"]["mpp_default"],
+        slide=slide_kwargs,
         checkpoint=config["features"]["checkpoint"],
         skip_errors=config["features"]["on_decode_error"] == "skip",
         allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],

@@ -5,8 +5,7 @@ rule segment_tissue:
         geojson="results/tissue/{slide}.geojson",
         qc="results/tissue/{slide}_qc.png",
     params:
-        mpp=slide_mpp,
-        mpp_default=config["slides"]["mpp_default"],
+        slide=slide_kwargs,
         tissue=tissue_settings,
     log:
         "logs/tissue/{slide}.log",
@@ -34,8 +33,7 @@ rule tile_slide:
             labels={"slide": "{slide}"},
         ),
     params:
-        mpp=slide_mpp,
-        mpp_default=config["slides"]["mpp_default"],
+        slide=slide_kwargs,
         tiling=config["tiling"],
     log:
         "logs/coords/{slide}.log",

@@ -16,11 +16,7 @@ extract_slide(
     snakemake.input.coords,
     encoder,
     snakemake.output[0],
-    slide_kwargs={
-        "slide_id": snakemake.wildcards.slide,
-        "mpp_override": snakemake.params.mpp,
-        "mpp_default": snakemake.params.mpp_default,
-    },
+    slide_kwargs=snakemake.params.slide,
     options=ExtractionOptions(
         skip_errors=snakemake.params.skip_errors,
         allow_mpp_mismatch=snakemake.params.allow_mpp_mismatch,
