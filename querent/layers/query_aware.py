@@ -104,3 +104,57 @@ def query_aware_attention(
         outputs.append(rearrange(out, "h c d -> c h d"))
         selections.append(selected)
     return torch.cat(outputs), torch.cat(selections, dim=1)
+
+
+class QueryAwareSelfAttention(torch.nn.Module):
+    """Multi-head self-attention over patches where each query sees only its top-k regions.
+
+    Args:
+        dim: Input and output features.
+        heads: Attention heads.
+        head_dim: Features per head (default ``dim // heads``).
+        top_k: Regions per query; None attends to all regions (exact full attention).
+        chunk_size: Queries processed at once (bounds memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        heads: int = 4,
+        head_dim: int | None = None,
+        top_k: int | None = 8,
+        chunk_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        head_dim = head_dim or dim // heads
+        if head_dim < 1:
+            raise ValueError(f"dim {dim} is too small for {heads} heads; set head_dim")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None (all regions), got {top_k}")
+        self.heads, self.top_k, self.chunk_size = heads, top_k, chunk_size
+        self.to_qkv = torch.nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = torch.nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend.
+
+        Args:
+            x: (n, dim) patch features.
+            slots: (r, s) region slots of the slide's grid (-1 where empty).
+
+        Returns:
+            ((n, dim) context-enriched patches, (h, n, k) selected regions).
+        """
+        q, k, v = rearrange(self.to_qkv(x), "n (three h d) -> three n h d", three=3, h=self.heads)
+        kmin, kmax = region_min_max(k, slots)
+        out, selected = query_aware_attention(
+            q,
+            k,
+            v,
+            slots,
+            lambda chunk, _: quest_scores(chunk, kmin, kmax),
+            top_k=self.top_k,
+            chunk_size=self.chunk_size,
+        )
+        return self.to_out(rearrange(out, "n h d -> n (h d)")), selected

@@ -120,3 +120,39 @@ def test_error_falls_as_k_grows_on_distance_decaying_attention():
     assert all(later <= earlier * 1.05 + 1e-12 for earlier, later in pairs)
     assert errors[0] > 10 * errors[-1]
     assert errors[-1] <= 0.01, dict(zip(ks, errors, strict=True))
+
+
+def test_module_with_all_regions_equals_dense_multi_head_attention():
+    from querent.layers.query_aware import QueryAwareSelfAttention
+
+    torch.manual_seed(0)
+    layer = QueryAwareSelfAttention(dim=32, heads=4, top_k=None, chunk_size=50).double()
+    _, _, _, slots = _ragged_bag(2, 200, 20, 1, 1, 4)
+    x = torch.randn(len(slots.clamp(min=0).unique()), 32, dtype=torch.float64)
+    out, _ = layer(x, slots)
+    q, k, v = layer.to_qkv(x).view(len(x), 3, 4, 8).unbind(1)
+    expected = layer.to_out(_dense(q, k, v).reshape(len(x), 32))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_module_is_equivariant_to_patch_order():
+    from querent.layers.query_aware import QueryAwareSelfAttention
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    cells = np.unique(rng.integers(0, 20, size=(200, 2)), axis=0)
+    x = torch.randn(len(cells), 16, dtype=torch.float64)
+    layer = QueryAwareSelfAttention(dim=16, heads=2, top_k=3).double()
+    out, _ = layer(x, torch.from_numpy(build_grid(cells, 1, 4).slots))
+    order = rng.permutation(len(cells))
+    shuffled, _ = layer(x[order], torch.from_numpy(build_grid(cells[order], 1, 4).slots))
+    torch.testing.assert_close(shuffled, out[order], rtol=1e-9, atol=1e-9)
+
+
+def test_module_rejects_bad_settings():
+    from querent.layers.query_aware import QueryAwareSelfAttention
+
+    with pytest.raises(ValueError, match="top_k"):
+        QueryAwareSelfAttention(dim=16, top_k=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        QueryAwareSelfAttention(dim=2, heads=4)
