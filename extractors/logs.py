@@ -1,10 +1,16 @@
-"""Logging for Snakemake script adapters: everything, errors included, goes to the rule's log."""
+"""Logging set-up for the CLI and the Snakemake script adapters."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from types import TracebackType
+
+
+def quiet_chatty_loggers() -> None:
+    """Keep third-party warnings (tifffile's page notes, the hub client's retries) off the log."""
+    for name in ("tifffile", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def log_to_file(path: str) -> None:
@@ -19,7 +25,7 @@ def log_to_file(path: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    quiet_chatty_loggers()
     default_hook = sys.excepthook
 
     def log_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None):

@@ -7,7 +7,8 @@ import logging
 import sys
 
 from extractors import cli as slide_cli
-from extractors.encoders.weights import WeightsError
+from extractors.errors import WeightsError
+from extractors.logs import quiet_chatty_loggers
 from extractors.wsi.discovery import SlideDiscoveryError
 from extractors.wsi.reader import SlideError
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    quiet_chatty_loggers()
     try:
         args.func(args)
     except USER_ERRORS as err:

@@ -29,12 +29,11 @@ from huggingface_hub.errors import (
 from torch import nn
 
 from extractors.encoders.registry import EncoderSpec
+from extractors.errors import WeightsError
+
+__all__ = ["WeightsError", "load_weights", "locate_weights", "read_state_dict", "weights_env_var"]
 
 logger = logging.getLogger(__name__)
-
-
-class WeightsError(RuntimeError):
-    """Encoder weights are missing or do not fit; the message says what to do."""
 
 
 def weights_env_var(name: str) -> str:
@@ -107,6 +106,8 @@ def locate_weights(spec: EncoderSpec, checkpoint: str | Path | None = None) -> t
         return Path(hf_hub_download(spec.hf_repo, spec.hf_filename)), f"hf-hub:{spec.hf_repo}"
     except GatedRepoError:
         reason = "you have no access to this gated model"
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: check it first
+        reason = "the hub cannot be reached (no network?) and the file is not in the cache"
     except (RepositoryNotFoundError, EntryNotFoundError):
         reason = "the repository or file was not found (or needs a login)"
     except (HfHubHTTPError, OSError, ValueError) as err:

@@ -52,7 +52,7 @@ def test_no_network_fails_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
-    with pytest.raises(WeightsError, match="--checkpoint"):
+    with pytest.raises(WeightsError, match="cannot be reached.*--checkpoint"):
         locate_weights(_spec())
 
 
