@@ -28,7 +28,6 @@ from extractors.extract import (
     extract_slide,
     patch_geometry,
     pick_device,
-    read_coords_file,
 )
 from extractors.patches import PatchBlocks, collate_blocks
 from extractors.wsi import tiling, tissue
@@ -92,11 +91,11 @@ def main() -> None:
     device = pick_device(None)
 
     slide_path, coords_path = bench_slide()
-    coords, attrs = read_coords_file(coords_path)
+    coords, attrs = tiling.read_coords(coords_path)
     encoder = create_encoder(args.encoder, pretrained=args.encoder == "efficientnet_lite0")
     encoder.to(device)
     options = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers)
-    batch_size = options.batch_size or (256 if device.type == "cuda" else 16)
+    batch_size = options.resolved_batch_size(device)
     workers = options.resolved_workers(device)
     dataset = PatchBlocks(slide_path, {}, coords, patch_geometry(attrs, encoder.spec))
     batch_blocks = max(1, round(batch_size / (len(coords) / len(dataset))))

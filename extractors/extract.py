@@ -21,6 +21,7 @@ from extractors.atomic import atomic_path
 from extractors.encoders.registry import Encoder, EncoderSpec
 from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks
 from extractors.wsi.reader import Slide, SlideError
+from extractors.wsi.tiling import read_coords
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class ExtractionOptions:
     allow_mpp_mismatch: bool = False
     device: str | None = None
 
+    def resolved_batch_size(self, device: torch.device) -> int:
+        """Patches per encoder call for ``device`` (see ``batch_size``)."""
+        return self.batch_size or (256 if device.type == "cuda" else 16)
+
     def resolved_workers(self, device: torch.device) -> int:
         """Reader processes for ``device`` (see ``num_workers``)."""
         if self.num_workers is not None:
@@ -59,17 +64,6 @@ class ExtractionOptions:
         if device.type == "cuda":
             return max(1, min(8, (os.cpu_count() or 2) - 1))
         return 0 if torch.get_num_threads() <= 2 else 1
-
-
-def read_coords_file(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Coords (N, 2) and the ``coords`` attributes of a coords file, with a clear error."""
-    try:
-        with h5py.File(path, "r") as h5:
-            return h5["coords"][:], dict(h5["coords"].attrs)
-    except (OSError, KeyError) as err:
-        raise ValueError(
-            f"{path}: not a readable coords file ({err}); run `querent tile` for its slide again."
-        ) from err
 
 
 def check_same_slide(attrs: dict, slide: Slide, coords_path: str | Path) -> None:
@@ -151,7 +145,7 @@ def encode_patches(
     n_patches = len(dataset.coords)
     features = np.full((n_patches, encoder.embed_dim), np.nan, np.float32)
     per_block = max(1.0, n_patches / max(1, len(dataset)))
-    batch_size = options.batch_size or (256 if device.type == "cuda" else 16)
+    batch_size = options.resolved_batch_size(device)
     workers = options.resolved_workers(device)
     loader = DataLoader(
         dataset,
@@ -216,7 +210,7 @@ def extract_slide(
         Number of patches written.
     """
     slide_kwargs = slide_kwargs or {}
-    coords, attrs = read_coords_file(coords_path)
+    coords, attrs = read_coords(coords_path)
     with Slide(slide_path, **slide_kwargs) as slide:
         check_same_slide(attrs, slide, coords_path)
         slide_id = slide.slide_id

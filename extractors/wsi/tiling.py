@@ -221,10 +221,19 @@ def write_coords(
 
 
 def read_coords(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Read a coords file: the (N, 2) int64 array and the ``coords`` attributes."""
-    with h5py.File(path, "r") as h5:
-        dataset = h5["coords"]
-        return dataset[:], dict(dataset.attrs)
+    """Read a coords file: the (N, 2) int64 array and the ``coords`` attributes.
+
+    Raises:
+        ValueError: Not a readable coords file; the message says to tile the slide again.
+    """
+    try:
+        with h5py.File(path, "r") as h5:
+            dataset = h5["coords"]
+            return dataset[:], dict(dataset.attrs)
+    except (OSError, KeyError) as err:
+        raise ValueError(
+            f"{path}: not a readable coords file ({err}); run `querent tile` for its slide again."
+        ) from err
 
 
 def tile_slide(
