@@ -11,6 +11,7 @@ from extractors.errors import WeightsError
 from extractors.logs import quiet_chatty_loggers
 from extractors.wsi.discovery import SlideDiscoveryError
 from extractors.wsi.reader import SlideError
+from querent.data import cli as data_cli
 
 #: Errors caused by the input; they get one line on stderr instead of a traceback.
 USER_ERRORS = (SlideError, SlideDiscoveryError, WeightsError, ValueError, OSError)
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     slide_cli.add_commands(subparsers, common)
+    data_cli.add_commands(subparsers, common)
     return parser
 
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pytest
 
 from querent.cli import main
@@ -90,3 +91,47 @@ def test_demo_writes_slides_and_cohort(tmp_path):
         "demo_000.svs",
         "demo_001.svs",
     ]
+
+
+def test_grid_round_trips_a_tiled_slide_and_skips_existing_outputs(cmu_slide, tmp_path, capsys):
+    from extractors.wsi.tiling import read_coords
+    from querent.data.grid import build_grid, read_grid
+
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path)]) == 0
+    coords_path = tmp_path / "cmu-1-small-region.h5"
+    capsys.readouterr()
+    args = ["grid", str(coords_path), "--region-size", "3", "-o", str(tmp_path / "grids")]
+    assert main(args) == 0
+    assert "regions\tmean fill" in capsys.readouterr().out
+    out = tmp_path / "grids" / "cmu-1-small-region.h5"
+    coords, attrs = read_coords(coords_path)
+    expected = build_grid(coords, int(attrs["step_level0"]), 3)
+    grid = read_grid(out)
+    for name in ("region_of_patch", "region_cells", "offsets", "members", "slots"):
+        np.testing.assert_array_equal(getattr(grid, name), getattr(expected, name))
+    with h5py.File(out) as h5:
+        assert h5.attrs["slide"] == "cmu-1-small-region"
+        assert h5.attrs["region_size"] == 3
+        assert h5.attrs["step_level0"] == attrs["step_level0"]
+        assert h5.attrs["source"] == str(coords_path)
+
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert main([*args[:-2], "--region-size", "2", "-o", args[-1], "--overwrite"]) == 0
+    assert read_grid(out).region_size == 2
+
+
+def test_grid_errors_give_one_line_naming_the_file(tmp_path):
+    no_coords = tmp_path / "no_coords.h5"
+    with h5py.File(no_coords, "w") as h5:
+        h5.create_dataset("features", data=np.zeros((2, 3)))
+    for source in (no_coords, tmp_path / "missing.h5"):
+        result = subprocess.run(
+            [sys.executable, "-m", "querent.cli", "grid", str(source), "-o", str(tmp_path / "g")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(source) in lines[0], result.stderr
+    assert not (tmp_path / "g").exists()

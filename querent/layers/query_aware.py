@@ -1,119 +1,334 @@
 """Query-aware sparse attention (Querent): each query attends only to its top-k regions.
 
-Axes: ``n`` patches (queries and keys), ``r`` regions, ``s`` slots per region (region_size²),
-``h`` heads, ``d`` head features, ``k`` selected regions per query, ``c`` queries in a chunk.
+Axes: ``n`` patches, ``r`` regions, ``s`` slots per region (region_size²), ``h`` heads, ``d``
+head features, ``e`` scoring features, ``k`` selected regions, ``b`` key blocks (one per region
+and head), ``g`` query groups in a chunk, ``m`` queries per group.
 
-Regions are summarised by the element-wise min and max of their keys (per head); a query scores
-a region by the Quest upper bound ``sum_d max(q_d * kmin_d, q_d * kmax_d)`` (Tang et al., 2024),
-which is ``>= q . key`` for every key of the region. Per channel the max picks ``kmax`` where
-``q_d >= 0`` and ``kmin`` where ``q_d < 0``, so the bound is two matmuls:
-``relu(q) @ kmax.T + (q - relu(q)) @ kmin.T``. Exact softmax attention is then computed over the
-keys of the selected regions only. Queries are processed in chunks, so memory is bounded by
-``c * h * k * s * d`` whatever ``n``.
+A scorer (:mod:`querent.layers.scorers`) rates every region for each query from a per-region
+summary; the top k regions are kept and exact softmax attention runs over their keys only.
+
+Two ways to select:
+
+- ``"patch"`` (the paper's): every patch picks its own k regions. Scoring costs ``n * r``.
+- ``"region"`` (faster): the patches of one region share the k regions picked by their mean
+  scoring query. Scoring costs ``r * r`` (``s²`` times less) and each region's queries attend
+  as one dense block.
+
+Memory stays bounded whatever ``n``: queries run in chunks, and the backward pass recomputes
+each chunk (as flash attention does) and adds its key and value gradients in place. No (n, n)
+or (n, k * s, d) tensor ever exists; the largest is one chunk's gathered keys.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from querent.layers.regions import RegionLayout, from_regions, region_mean, to_regions
+from querent.layers.scorers import SCORERS, Scoring, make_scorer
+
+SELECTIONS = ("patch", "region")
+
+#: Query-block pairs per tile in per-patch attention (one small matmul per tile).
+TILE = 16
 
 
-def region_min_max(keys: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Element-wise min and max of each region's keys.
+def _pair_tiles(blocks: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack (query, key block) pairs into tiles of pairs that share a key block.
 
     Args:
-        keys: (n, h, d).
-        slots: (r, s) patch index per slot, -1 for empty slots (every region has one patch).
+        blocks: (p,) key block of every pair.
+        tile: Pairs per tile.
 
     Returns:
-        (kmin, kmax), each (r, h, d).
+        (tile_block (t,) key block of each tile, tile_pos (p,) flat tile slot of each pair,
+        pair_at (t * tile,) pair in each tile slot, ``p`` where the slot is padding).
     """
-    mask = (slots >= 0)[..., None, None]
-    gathered = keys[slots.clamp(min=0)]  # (r, s, h, d)
-    kmin = gathered.masked_fill(~mask, math.inf).amin(dim=1)
-    kmax = gathered.masked_fill(~mask, -math.inf).amax(dim=1)
-    return kmin, kmax
+    n_pairs = blocks.numel()
+    order = torch.argsort(blocks, stable=True)
+    unique, counts = torch.unique_consecutive(blocks[order], return_counts=True)
+    tiles = (counts + tile - 1) // tile
+    run = torch.repeat_interleave(torch.arange(len(unique), device=blocks.device), counts)
+    rank = torch.arange(n_pairs, device=blocks.device) - (torch.cumsum(counts, 0) - counts)[run]
+    first_tile = torch.cumsum(tiles, 0) - tiles
+    tile_pos = torch.empty_like(blocks)
+    tile_pos[order] = (first_tile[run] + rank // tile) * tile + rank % tile
+    pair_at = blocks.new_full((int(tiles.sum()) * tile,), n_pairs)
+    pair_at[tile_pos] = torch.arange(n_pairs, device=blocks.device)
+    return torch.repeat_interleave(unique, tiles), tile_pos, pair_at
 
 
-def quest_scores(queries: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
-    """Quest upper bound of ``q . key`` over each region's keys.
+def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
+def _attend_per_query(
+    queries: torch.Tensor,
+    blocks: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax attention of each query over the keys of its own selected blocks.
+
+    Gathering k * s keys per query would move ``s`` times more memory than the queries
+    themselves. Instead the (query, block) pairs are sorted by block and packed into tiles of
+    pairs that share one key block; a tile is one small matmul against that block.
 
     Args:
         queries: (c, h, d).
-        kmin: (r, h, d) region minima of keys.
-        kmax: (r, h, d) region maxima of keys.
+        blocks: (h, c, k) key block (region and head) of each selected region.
+        bias: (h, c, k) added to the logits of every key of a selected region, or None.
+        keys: (b, s, d) keys by block.
+        values: (b, s, dv).
+        block_valid: (b, s) True where a slot holds a patch.
 
     Returns:
-        (h, c, r) scores; ``scores[h, i, j] >= q_i . key`` for every key of region ``j``.
+        (c, h, dv) outputs.
     """
-    positive = queries.clamp(min=0)
-    negative = queries - positive
-    return torch.einsum("chd,rhd->hcr", positive, kmax) + torch.einsum(
-        "chd,rhd->hcr", negative, kmin
-    )
+    heads, c, k = blocks.shape
+    _, slots, dim = keys.shape
+    with torch.no_grad():
+        tile_block, tile_pos, pair_at = _pair_tiles(blocks.flatten(), TILE)
+        query_of_pair = torch.arange(heads * c, device=blocks.device).repeat_interleave(k)
+        query_at = torch.cat([query_of_pair, query_of_pair.new_full((1,), heads * c)])[pair_at]
+    rows = _with_zero_row(rearrange(queries, "c h d -> (h c) d") * dim**-0.5)
+    query_tiles = rows.index_select(0, query_at).view(-1, TILE, dim)
+    logits = torch.bmm(query_tiles, keys.index_select(0, tile_block).transpose(1, 2))
+    logits = logits.view(-1, slots).index_select(0, tile_pos).view(heads, c, k, slots)
+    if bias is not None:
+        logits = logits + bias[..., None]
+    logits = logits.masked_fill(~block_valid[blocks], -math.inf)
+    weights = rearrange(logits, "h c k s -> h c (k s)").softmax(dim=-1)
+    weight_tiles = _with_zero_row(weights.view(-1, slots)).index_select(0, pair_at)
+    out = torch.bmm(weight_tiles.view(-1, TILE, slots), values.index_select(0, tile_block))
+    out = out.view(-1, values.shape[-1]).index_select(0, tile_pos)
+    return rearrange(out.view(heads, c, k, -1).sum(dim=2), "h c d -> c h d")
+
+
+def _attend_shared(
+    groups: torch.Tensor,
+    blocks: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax attention of groups of queries over the keys of their group's selected blocks.
+
+    Args:
+        groups: (g, m, h, d); the m queries of a group share its selection.
+        blocks: (h, g, k) key block (region and head) of each selected region.
+        bias: (h, g, k) added to the logits of every key of a selected region, or None.
+        keys: (b, s, d) keys by block.
+        values: (b, s, dv).
+        block_valid: (b, s) True where a slot holds a patch.
+
+    Returns:
+        (g, m, h, dv) outputs.
+    """
+    heads, n_groups, k = blocks.shape
+    _, slots, dim = keys.shape
+    flat = blocks.flatten()
+    key = keys.index_select(0, flat).view(heads * n_groups, k * slots, dim)
+    value = values.index_select(0, flat).view(heads * n_groups, k * slots, -1)
+    query = rearrange(groups, "g m h d -> (h g) m d") * dim**-0.5
+    logits = torch.bmm(query, key.transpose(1, 2))  # ((h g), m, (k s))
+    if bias is not None:
+        logits = logits + repeat(bias, "h g k -> (h g) 1 (k s)", s=slots)
+    mask = rearrange(block_valid[blocks], "h g k s -> (h g) 1 (k s)")
+    weights = logits.masked_fill(~mask, -math.inf).softmax(dim=-1)
+    return rearrange(torch.bmm(weights, value), "(h g) m d -> g m h d", h=heads)
+
+
+Attend = Callable[..., torch.Tensor]
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """Attention of query groups in chunks; the backward pass recomputes chunk by chunk.
+
+    Autograd through a gather from the full key table would allocate a zero gradient of the
+    whole table for every chunk. Here each chunk's gradient is taken with respect to just the
+    key blocks it used and added into one table in place.
+    """
+
+    @staticmethod
+    def forward(ctx, groups, keys, values, bias, blocks, block_valid, attend: Attend, step: int):
+        ctx.attend, ctx.step = attend, step
+        ctx.save_for_backward(groups, keys, values, bias, blocks, block_valid)
+        chunks = []
+        for start in range(0, len(groups), step):
+            part = slice(start, start + step)
+            chunk_bias = None if bias is None else bias[:, part]
+            chunks.append(
+                attend(groups[part], blocks[:, part], chunk_bias, keys, values, block_valid)
+            )
+        return torch.cat(chunks)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        groups, keys, values, bias, blocks, block_valid = ctx.saved_tensors
+        grad_groups = torch.empty_like(groups)
+        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
+        grad_bias = None if bias is None else torch.empty_like(bias)
+        for start in range(0, len(groups), ctx.step):
+            part = slice(start, start + ctx.step)
+            used, local = torch.unique(blocks[:, part], return_inverse=True)
+            with torch.enable_grad():
+                leaves = [groups[part], keys[used], values[used]]
+                if bias is not None:
+                    leaves.append(bias[:, part])
+                leaves = [leaf.detach().requires_grad_() for leaf in leaves]
+                chunk_bias = leaves[3] if bias is not None else None
+                out = ctx.attend(
+                    leaves[0], local, chunk_bias, leaves[1], leaves[2], block_valid[used]
+                )
+                grads = torch.autograd.grad(out, leaves, grad_out[part])
+            grad_groups[part] = grads[0]
+            grad_keys.index_add_(0, used, grads[1])
+            grad_values.index_add_(0, used, grads[2])
+            if bias is not None:
+                grad_bias[:, part] = grads[3]
+        return grad_groups, grad_keys, grad_values, grad_bias, None, None, None, None
+
+
+def _select(
+    scoring: Scoring, group_queries: torch.Tensor, top: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Top regions of every group, and the straight-through score term of learned scorers.
+
+    Returns:
+        (selected (h, groups, k) region indices, bias (h, groups, k) or None): the bias is
+        ``score - stopgrad(score)``, zero forward and the score's gradient backward.
+    """
+    selections, biases = [], []
+    for start in range(0, len(group_queries), step):
+        chunk = group_queries[start : start + step]
+        with torch.no_grad():
+            selected = scoring.score_all(chunk).topk(top, dim=-1).indices
+        selections.append(selected)
+        if scoring.score_selected is not None:
+            if torch.is_grad_enabled() and chunk.requires_grad:
+                score = checkpoint(scoring.score_selected, chunk, selected, use_reentrant=False)
+            else:
+                score = scoring.score_selected(chunk, selected)
+            biases.append(score - score.detach())
+    bias = torch.cat(biases, dim=1) if biases else None
+    return torch.cat(selections, dim=1), bias
 
 
 def query_aware_attention(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    slots: torch.Tensor,
-    scores_fn,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: RegionLayout,
+    scoring: Scoring,
     *,
     top_k: int | None,
+    selection: str = "patch",
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of every query over the keys of its top-k regions.
 
     Args:
-        queries: (n, h, d).
-        keys: (n, h, d).
-        values: (n, h, d).
-        slots: (r, s) patch index per region slot, -1 where empty.
-        scores_fn: ``(chunk of queries (c, h, d), query indices (c,)) -> (h, c, r)`` region
-            scores; the top-k regions per query and head are attended.
+        q: (n, h, d) queries.
+        k: (n, h, d) keys.
+        v: (n, h, dv) values.
+        layout: Region layout of the patches.
+        scoring: Region scores from a scorer's ``prepare``.
         top_k: Regions per query; None or >= r means all regions (exact full attention).
+        selection: ``"patch"`` (own selection per patch) or ``"region"`` (shared per region).
         chunk_size: Queries processed at once (bounds memory).
 
     Returns:
-        (outputs (n, h, d), selected regions (h, n, k) as region indices).
+        (outputs (n, h, dv), selected regions (h, n, k)).
     """
-    n, heads, dim = queries.shape
-    n_regions, n_slots = slots.shape
-    k = n_regions if top_k is None else min(top_k, n_regions)
-    scale = dim**-0.5
-    slot_mask = slots >= 0
-    safe_slots = slots.clamp(min=0)
-    outputs, selections = [], []
-    for start in range(0, n, chunk_size):
-        index = torch.arange(start, min(start + chunk_size, n), device=queries.device)
-        q = queries[index]  # (c, h, d)
-        scores = scores_fn(q, index)  # (h, c, r)
-        selected = scores.topk(k, dim=-1).indices  # (h, c, k)
-        patch = safe_slots[selected]  # (h, c, k, s)
-        valid = slot_mask[selected]
-        head = torch.arange(heads, device=queries.device)[:, None, None, None]
-        key = keys[patch, head]  # (h, c, k, s, d)
-        value = values[patch, head]
-        logits = torch.einsum("hcd,hcksd->hcks", rearrange(q, "c h d -> h c d"), key) * scale
-        logits = logits.masked_fill(~valid, -math.inf)
-        weights = rearrange(logits, "h c k s -> h c (k s)").softmax(dim=-1)
-        out = torch.einsum("hcm,hcmd->hcd", weights, rearrange(value, "h c k s d -> h c (k s) d"))
-        outputs.append(rearrange(out, "h c d -> c h d"))
-        selections.append(selected)
-    return torch.cat(outputs), torch.cat(selections, dim=1)
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
+    n_regions, n_slots = layout.slots.shape
+    heads = q.shape[1]
+    top = n_regions if top_k is None else min(top_k, n_regions)
+    keys = rearrange(to_regions(k, layout), "r s h d -> (r h) s d")
+    values = rearrange(to_regions(v, layout), "r s h d -> (r h) s d")
+    block_valid = repeat(layout.valid, "r s -> (r h) s", h=heads)
+    if selection == "patch":
+        # queries in region order, so a chunk's queries are neighbours that share key blocks
+        order = layout.slots[layout.valid]
+        groups, group_queries = q.index_select(0, order), scoring.queries.index_select(0, order)
+        step, attend = chunk_size, _attend_per_query
+    else:
+        groups = to_regions(q, layout)
+        group_queries = region_mean(scoring.queries, layout)
+        step, attend = max(1, chunk_size // n_slots), _attend_shared
+    selected, bias = _select(scoring, group_queries, top, step)
+    blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
+    out = _ChunkedAttention.apply(groups, keys, values, bias, blocks, block_valid, attend, step)
+    if selection == "patch":
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)
+        return out.index_select(0, back), selected[:, back]
+    return from_regions(out, layout), selected[:, layout.region_of_patch]
 
 
-class QueryAwareSelfAttention(torch.nn.Module):
-    """Multi-head self-attention over patches where each query sees only its top-k regions.
+class MultiHeadProjections(nn.Module):
+    """Query, key and value projections and the output projection of multi-head attention.
+
+    Args:
+        dim: Input and output features.
+        heads: Attention heads.
+        head_dim: Features per head (default ``dim // heads``).
+    """
+
+    def __init__(self, *, dim: int, heads: int, head_dim: int | None) -> None:
+        super().__init__()
+        head_dim = head_dim or dim // heads
+        if heads < 1 or head_dim < 1:
+            raise ValueError(f"dim {dim} is too small for {heads} heads; set head_dim")
+        self.heads, self.head_dim = heads, head_dim
+        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n, dim) -> queries, keys, values, each (n, h, d)."""
+        return rearrange(self.to_qkv(x), "n (three h d) -> three n h d", three=3, h=self.heads)
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """(n, h, d) head outputs -> (n, dim)."""
+        return self.to_out(rearrange(out, "n h d -> n (h d)"))
+
+
+class DenseSelfAttention(MultiHeadProjections):
+    """Full multi-head self-attention through ``scaled_dot_product_attention``.
+
+    Same projections (and parameter names) as :class:`QueryAwareSelfAttention`, so weights
+    carry over between the two.
+    """
+
+    def forward(
+        self, x: torch.Tensor, layout: RegionLayout | None = None
+    ) -> tuple[torch.Tensor, None]:
+        """Attend over all patches; ``layout`` is ignored. Returns ((n, dim), None)."""
+        q, k, v = (rearrange(t, "n h d -> 1 h n d") for t in self.split(x))
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.merge(rearrange(out, "1 h n d -> n h d")), None
+
+
+class QueryAwareSelfAttention(MultiHeadProjections):
+    """Multi-head self-attention where each query sees only the patches of its top-k regions.
 
     Args:
         dim: Input and output features.
         heads: Attention heads.
         head_dim: Features per head (default ``dim // heads``).
         top_k: Regions per query; None attends to all regions (exact full attention).
+        scorer: How queries rate regions: one of ``quest``, ``learned``, ``mean``, ``random``.
+        selection: ``patch`` (per-patch selection, the paper's) or ``region`` (shared, faster).
         chunk_size: Queries processed at once (bounds memory).
     """
 
@@ -124,37 +339,41 @@ class QueryAwareSelfAttention(torch.nn.Module):
         heads: int = 4,
         head_dim: int | None = None,
         top_k: int | None = 8,
+        scorer: str = "quest",
+        selection: str = "patch",
         chunk_size: int = 1024,
     ) -> None:
-        super().__init__()
-        head_dim = head_dim or dim // heads
-        if head_dim < 1:
-            raise ValueError(f"dim {dim} is too small for {heads} heads; set head_dim")
+        super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None (all regions), got {top_k}")
-        self.heads, self.top_k, self.chunk_size = heads, top_k, chunk_size
-        self.to_qkv = torch.nn.Linear(dim, 3 * heads * head_dim, bias=False)
-        self.to_out = torch.nn.Linear(heads * head_dim, dim)
+        if scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {scorer!r}; choose one of: {', '.join(SCORERS)}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.top_k, self.selection, self.chunk_size = top_k, selection, chunk_size
+        self.scorer = make_scorer(scorer, dim=dim, heads=heads, head_dim=self.head_dim)
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, layout: RegionLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend.
 
         Args:
             x: (n, dim) patch features.
-            slots: (r, s) region slots of the slide's grid (-1 where empty).
+            layout: Region layout of the patches.
 
         Returns:
             ((n, dim) context-enriched patches, (h, n, k) selected regions).
         """
-        q, k, v = rearrange(self.to_qkv(x), "n (three h d) -> three n h d", three=3, h=self.heads)
-        kmin, kmax = region_min_max(k, slots)
+        q, k, v = self.split(x)
         out, selected = query_aware_attention(
             q,
             k,
             v,
-            slots,
-            lambda chunk, _: quest_scores(chunk, kmin, kmax),
+            layout,
+            self.scorer.prepare(x, q, k, layout),
             top_k=self.top_k,
+            selection=self.selection,
             chunk_size=self.chunk_size,
         )
-        return self.to_out(rearrange(out, "n h d -> n (h d)")), selected
+        return self.merge(out), selected

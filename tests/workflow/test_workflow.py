@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import yaml
 
+from extractors.wsi.tiling import read_coords
+from querent.data.grid import build_grid, read_grid
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -70,8 +73,14 @@ def test_default_config_plans_the_demo_cohort(tmp_path):
     code, output = _snakemake(_project(tmp_path), "-n")
     assert code == 0, output
     counts = _job_counts(output)
-    per_slide = ("make_demo_slide", "segment_tissue", "tile_slide", "extract_features")
-    assert [counts[rule] for rule in per_slide] == [16] * 4
+    per_slide = (
+        "make_demo_slide",
+        "segment_tissue",
+        "tile_slide",
+        "extract_features",
+        "build_region_grid",
+    )
+    assert [counts[rule] for rule in per_slide] == [16] * 5
     assert counts["make_demo_cohort"] == 1
 
 
@@ -84,6 +93,7 @@ def test_default_config_plans_the_demo_cohort(tmp_path):
         ("tissue", {"preset": "frozen"}, "frozen"),
         ("features", {"encoder": "uni_v3"}, "efficientnet_lite0"),
         ("features", {"on_decode_error": "ignore"}, "on_decode_error"),
+        ("grids", {"region_size": 0}, "region_size"),
     ],
 )
 def test_config_errors_stop_before_any_job(tmp_path, section, values, named):
@@ -108,6 +118,11 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
         with h5py.File(project / f"results/features/efficientnet_lite0/{slide}.h5") as h5:
             assert h5["features"].shape == (len(h5["coords"]), 1280)
             assert h5["features"].attrs["weights_source"] == "package:efficientnet_lite0"
+        coords, attrs = read_coords(project / f"results/coords/{slide}.h5")
+        grid = read_grid(project / f"results/grids/r4/{slide}.h5")
+        expected = build_grid(coords, int(attrs["step_level0"]), 4)
+        np.testing.assert_array_equal(grid.slots, expected.slots)
+        assert (project / f"logs/grids/r4/{slide}.log").exists()
     assert (project / "resources/demo/cohort.csv").exists()
 
     assert "Nothing to be done" in _snakemake(project, "-n")[1]
@@ -118,7 +133,13 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
     changed = _update_config(project, tiling={"patch_size": 128})
     counts = _job_counts(_snakemake(changed, "-n")[1])
     assert counts.get("tile_slide") == counts.get("extract_features") == 2
+    assert counts.get("build_region_grid") == 2
     assert "segment_tissue" not in counts and "make_demo_slide" not in counts
+
+    # another region size adds only grid jobs
+    changed = _update_config(project, tiling={"patch_size": 256}, grids={"region_size": 2})
+    counts = _job_counts(_snakemake(changed, "-n")[1])
+    assert counts.get("build_region_grid") == 2 and "tile_slide" not in counts
 
 
 def test_bad_slides_fail_alone_with_their_fix_in_the_log(tmp_path, cmu_slide, tcga_slide):

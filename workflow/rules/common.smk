@@ -90,10 +90,16 @@ def all_outputs():
     per_slide = [
         "results/coords/{slide}_qc.png",
         "results/features/{encoder}/{slide}.h5",
+        "results/grids/r{region_size}/{slide}.h5",
     ]
     if config["features"]["export_stamp"]:
         per_slide.append("results/stamp/{encoder}/{slide}.h5")
-    outputs = expand(per_slide, slide=sorted(SLIDES), encoder=config["features"]["encoder"])
+    outputs = expand(
+        per_slide,
+        slide=sorted(SLIDES),
+        encoder=config["features"]["encoder"],
+        region_size=config["grids"]["region_size"],
+    )
     if config["demo"]["enabled"]:
         outputs.append("resources/demo/cohort.csv")
     return outputs

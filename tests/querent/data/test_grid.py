@@ -1,9 +1,11 @@
+import h5py
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from querent.data.grid import build_grid, read_grid, write_grid
+from querent.data.grid_files import grid_of_file, write_slide_grid
 
 
 def _random_tissue(rng, n_cells=400, extent=60):
@@ -69,3 +71,53 @@ def test_grid_round_trips_through_hdf5(tmp_path):
     for field in ("region_of_patch", "region_cells", "offsets", "members", "slots"):
         np.testing.assert_array_equal(getattr(back, field), getattr(grid, field))
     assert back.region_size == 4
+
+
+def _write_coords(path, coords, **attrs):
+    """A coords (or features) file as our tools and TRIDENT write them."""
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("coords", data=np.asarray(coords, np.int64)).attrs.update(attrs)
+        h5.create_dataset("features", data=np.zeros((len(coords), 8), np.float32))
+
+
+def test_grid_file_of_a_features_file_equals_build_grid(tmp_path):
+    coords = _random_tissue(np.random.default_rng(1)) * 224
+    _write_coords(tmp_path / "f.h5", coords, name="s1", step_level0=224, patch_size_level0=224)
+    summary = write_slide_grid(tmp_path / "f.h5", tmp_path / "g" / "s1.h5", 4)
+    grid, expected = read_grid(tmp_path / "g" / "s1.h5"), build_grid(coords, 224, 4)
+    np.testing.assert_array_equal(grid.slots, expected.slots)
+    np.testing.assert_array_equal(grid.region_of_patch, expected.region_of_patch)
+    assert summary.n_patches == len(coords) and summary.n_regions == expected.n_regions
+    assert summary.mean_fill == pytest.approx(expected.mask.mean())
+    with h5py.File(tmp_path / "g" / "s1.h5") as h5:
+        assert h5.attrs["slide"] == "s1" and h5.attrs["step_level0"] == 224
+
+
+def test_grid_file_step_falls_back_to_the_patch_size_without_overlap(tmp_path):
+    _write_coords(tmp_path / "trident.h5", [[0, 0], [512, 0]], patch_size_level0=512, overlap=0)
+    grid, attrs = grid_of_file(tmp_path / "trident.h5", 2)
+    assert attrs["step_level0"] == 512 and attrs["slide"] == "trident"
+    assert grid.region_of_patch.tolist() == [0, 0]
+    _write_coords(tmp_path / "overlap.h5", [[0, 0]], patch_size_level0=512, overlap=64)
+    with pytest.raises(ValueError, match="overlap.h5.*lattice is unknown"):
+        grid_of_file(tmp_path / "overlap.h5", 2)
+
+
+def test_grid_file_errors_name_the_file(tmp_path):
+    _write_coords(tmp_path / "off.h5", [[0, 0], [100, 0]], step_level0=256)
+    with pytest.raises(ValueError, match="off.h5: coordinate"):
+        grid_of_file(tmp_path / "off.h5", 4)
+    with h5py.File(tmp_path / "nocoords.h5", "w") as h5:
+        h5.create_dataset("features", data=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="nocoords.h5"):
+        grid_of_file(tmp_path / "nocoords.h5", 4)
+    with pytest.raises(ValueError, match="missing.h5"):
+        grid_of_file(tmp_path / "missing.h5", 4)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_grid_file_of_a_slide_without_patches(tmp_path):
+    _write_coords(tmp_path / "empty.h5", np.empty((0, 2)), name="empty", step_level0=256)
+    summary = write_slide_grid(tmp_path / "empty.h5", tmp_path / "g.h5", 4)
+    assert (summary.n_patches, summary.n_regions, summary.mean_fill) == (0, 0, 0.0)
+    assert read_grid(tmp_path / "g.h5").slots.shape == (0, 16)

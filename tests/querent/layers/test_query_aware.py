@@ -5,17 +5,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from querent.data.grid import build_grid
-from querent.layers.query_aware import query_aware_attention, quest_scores, region_min_max
+from querent.layers.query_aware import (
+    DenseSelfAttention,
+    QueryAwareSelfAttention,
+    query_aware_attention,
+)
+from querent.layers.regions import RegionLayout, region_mean, region_min_max
+from querent.layers.scorers import SCORERS, QuestScorer, quest_scores
+
+SELECTIONS = ("patch", "region")
 
 
-def _ragged_bag(seed, n_cells, extent, heads, dim, region_size):
+def _ragged_layout(seed, n_cells, extent, region_size):
+    """Patches on random cells of an extent x extent lattice: ragged regions, gaps, islands."""
     rng = np.random.default_rng(seed)
     cells = np.unique(rng.integers(0, extent, size=(n_cells, 2)), axis=0)
-    grid = build_grid(cells, 1, region_size)
+    return cells, RegionLayout.from_grid(build_grid(cells, 1, region_size))
+
+
+def _qkv(seed, n, heads, dim):
     g = torch.Generator().manual_seed(seed)
-    n = len(cells)
-    q, k, v = (torch.randn(n, heads, dim, generator=g, dtype=torch.float64) for _ in range(3))
-    return q, k, v, torch.from_numpy(grid.slots)
+    return (torch.randn(n, heads, dim, generator=g, dtype=torch.float64) for _ in range(3))
 
 
 def _dense(q, k, v):
@@ -24,23 +34,57 @@ def _dense(q, k, v):
     ).transpose(0, 1)
 
 
+def _quest(q, k, layout):
+    return QuestScorer().prepare(None, q, k, layout)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize(
     ("n_cells", "extent", "heads", "dim", "region_size", "chunk"),
     [(50, 12, 1, 8, 2, 1024), (300, 30, 4, 16, 4, 64), (900, 60, 2, 32, 3, 100)],
 )
-def test_all_regions_equals_full_attention(n_cells, extent, heads, dim, region_size, chunk):
-    q, k, v, slots = _ragged_bag(0, n_cells, extent, heads, dim, region_size)
-    kmin, kmax = region_min_max(k, slots)
-    out, _ = query_aware_attention(
-        q,
-        k,
-        v,
-        slots,
-        lambda chunk_q, _: quest_scores(chunk_q, kmin, kmax),
-        top_k=None,
-        chunk_size=chunk,
+def test_all_regions_equals_full_attention(
+    selection, n_cells, extent, heads, dim, region_size, chunk
+):
+    _, layout = _ragged_layout(0, n_cells, extent, region_size)
+    q, k, v = _qkv(0, len(layout.region_of_patch), heads, dim)
+    out, selected = query_aware_attention(
+        q, k, v, layout, _quest(q, k, layout), top_k=None, selection=selection, chunk_size=chunk
     )
     torch.testing.assert_close(out, _dense(q, k, v), rtol=1e-5, atol=1e-5)
+    assert selected.shape == (heads, len(q), layout.n_regions)
+
+
+def _reference(q, k, v, layout, selected, bias=None):
+    """Masked dense attention: query i sees the keys of its selected regions only (per head).
+
+    ``bias`` (h, n, k), if given, is added to the logits of every key of the selected region.
+    """
+    heads = q.shape[1]
+    region = layout.region_of_patch
+    match = region[None, None, None, :] == selected[..., None]  # (h, n, k, n)
+    extra = torch.zeros_like(match, dtype=q.dtype) if bias is None else bias[..., None] * match
+    logits_mask = extra.sum(dim=2).masked_fill(~match.any(dim=2), -torch.inf)
+    assert logits_mask.shape == (heads, len(q), len(q))
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=logits_mask
+    ).transpose(0, 1)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize(("top_k", "chunk"), [(1, 7), (3, 64), (5, 1024)])
+def test_top_k_attention_equals_masked_dense_attention(selection, top_k, chunk):
+    _, layout = _ragged_layout(4, 400, 30, 3)
+    q, k, v = _qkv(4, len(layout.region_of_patch), 3, 8)
+    out, selected = query_aware_attention(
+        q, k, v, layout, _quest(q, k, layout), top_k=top_k, selection=selection, chunk_size=chunk
+    )
+    assert selected.shape == (3, len(q), top_k)
+    torch.testing.assert_close(out, _reference(q, k, v, layout, selected), rtol=1e-9, atol=1e-9)
+    if selection == "region":  # patches of one region share their selection
+        for region in range(layout.n_regions):
+            rows = selected[:, layout.region_of_patch == region]
+            assert (rows == rows[:, :1]).all()
 
 
 @settings(max_examples=60, deadline=None)
@@ -51,23 +95,23 @@ def test_all_regions_equals_full_attention(n_cells, extent, heads, dim, region_s
     region_size=st.integers(1, 5),
 )
 def test_quest_score_bounds_every_key_of_its_region(seed, heads, dim, region_size):
-    q, k, _, slots = _ragged_bag(seed, 120, 20, heads, dim, region_size)
-    kmin, kmax = region_min_max(k, slots)
+    _, layout = _ragged_layout(seed, 120, 20, region_size)
+    q, k, _ = _qkv(seed, len(layout.region_of_patch), heads, dim)
+    kmin, kmax = region_min_max(k, layout)
     scores = quest_scores(q, kmin, kmax)  # (h, n, r)
     exact = torch.einsum("nhd,mhd->hnm", q, k)  # (h, n, n)
-    for region, members in enumerate(slots.tolist()):
-        members = [m for m in members if m >= 0]
+    for region in range(layout.n_regions):
+        members = layout.region_of_patch == region
         true_max = exact[:, :, members].amax(dim=-1)
         assert (scores[:, :, region] >= true_max - 1e-9).all()
 
 
 def test_selected_regions_have_the_highest_scores():
-    q, k, v, slots = _ragged_bag(1, 200, 20, 2, 8, 4)
-    kmin, kmax = region_min_max(k, slots)
+    _, layout = _ragged_layout(1, 200, 20, 4)
+    q, k, v = _qkv(1, len(layout.region_of_patch), 2, 8)
+    kmin, kmax = region_min_max(k, layout)
     scores = quest_scores(q, kmin, kmax)
-    _, selected = query_aware_attention(
-        q, k, v, slots, lambda chunk_q, _: quest_scores(chunk_q, kmin, kmax), top_k=3
-    )
+    _, selected = query_aware_attention(q, k, v, layout, _quest(q, k, layout), top_k=3)
     assert selected.shape == (2, len(q), 3)
     chosen = scores.gather(-1, selected).amin(dim=-1)
     others = scores.scatter(-1, selected, -torch.inf).amax(dim=-1)
@@ -76,9 +120,7 @@ def test_selected_regions_have_the_highest_scores():
 
 def _distance_decaying_bag(seed, beta=0.5, noise_dims=6, noise=0.05):
     """Queries and keys whose logits are -beta * |p_i - p_j|^2 plus a little noise."""
-    rng = np.random.default_rng(seed)
-    cells = np.unique(rng.integers(0, 40, size=(900, 2)), axis=0)
-    grid = build_grid(cells, 1, 4)
+    cells, layout = _ragged_layout(seed, 900, 40, 4)
     xy = torch.from_numpy(cells).double()
     sq = (xy**2).sum(-1, keepdim=True)
     ones = torch.ones_like(sq)
@@ -100,20 +142,16 @@ def _distance_decaying_bag(seed, beta=0.5, noise_dims=6, noise=0.05):
     v = torch.randn(len(xy), 1, 16, generator=g, dtype=torch.float64)
     # dim**-0.5 scaling is undone so the logits are exactly as designed
     dim = q.shape[-1]
-    return (q * dim**0.5)[:, None], k[:, None], v, torch.from_numpy(grid.slots)
+    return (q * dim**0.5)[:, None], k[:, None], v, layout
 
 
 def test_error_falls_as_k_grows_on_distance_decaying_attention():
-    q, k, v, slots = _distance_decaying_bag(0)
-    kmin, kmax = region_min_max(k, slots)
+    q, k, v, layout = _distance_decaying_bag(0)
     dense = _dense(q, k, v)
-    n_regions = len(slots)
     errors = []
-    ks = [1, 2, 4, 8, n_regions // 4, n_regions // 2]
+    ks = [1, 2, 4, 8, layout.n_regions // 4, layout.n_regions // 2]
     for top_k in ks:
-        out, _ = query_aware_attention(
-            q, k, v, slots, lambda chunk_q, _: quest_scores(chunk_q, kmin, kmax), top_k=top_k
-        )
+        out, _ = query_aware_attention(q, k, v, layout, _quest(q, k, layout), top_k=top_k)
         errors.append(float(torch.linalg.norm(out - dense) / torch.linalg.norm(dense)))
     # monotone within noise, and within 1% once half of the regions are kept
     pairs = zip(errors, errors[1:], strict=False)
@@ -122,37 +160,83 @@ def test_error_falls_as_k_grows_on_distance_decaying_attention():
     assert errors[-1] <= 0.01, dict(zip(ks, errors, strict=True))
 
 
-def test_module_with_all_regions_equals_dense_multi_head_attention():
-    from querent.layers.query_aware import QueryAwareSelfAttention
-
-    torch.manual_seed(0)
-    layer = QueryAwareSelfAttention(dim=32, heads=4, top_k=None, chunk_size=50).double()
-    _, _, _, slots = _ragged_bag(2, 200, 20, 1, 1, 4)
-    x = torch.randn(len(slots.clamp(min=0).unique()), 32, dtype=torch.float64)
-    out, _ = layer(x, slots)
-    q, k, v = layer.to_qkv(x).view(len(x), 3, 4, 8).unbind(1)
-    expected = layer.to_out(_dense(q, k, v).reshape(len(x), 32))
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("scorer", SCORERS)
+@pytest.mark.parametrize(
+    ("seed", "n_cells", "extent", "region_size"), [(2, 200, 20, 4), (5, 60, 40, 2)]
+)
+def test_module_with_all_regions_equals_dense_module(
+    scorer, selection, seed, n_cells, extent, region_size
+):
+    _, layout = _ragged_layout(seed, n_cells, extent, region_size)
+    torch.manual_seed(seed)
+    sparse = QueryAwareSelfAttention(
+        dim=32, heads=4, top_k=None, scorer=scorer, selection=selection, chunk_size=50
+    ).double()
+    dense = DenseSelfAttention(dim=32, heads=4, head_dim=None).double()
+    dense.load_state_dict(sparse.state_dict(), strict=False)  # shared projections
+    x = torch.randn(len(layout.region_of_patch), 32, dtype=torch.float64)
+    out, _ = sparse(x, layout)
+    expected, _ = dense(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_module_is_equivariant_to_patch_order():
-    from querent.layers.query_aware import QueryAwareSelfAttention
-
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("scorer", ["quest", "learned", "mean"])
+def test_module_is_equivariant_to_patch_order(scorer, selection):
     torch.manual_seed(0)
-    rng = np.random.default_rng(3)
-    cells = np.unique(rng.integers(0, 20, size=(200, 2)), axis=0)
+    cells, layout = _ragged_layout(3, 200, 20, 4)
     x = torch.randn(len(cells), 16, dtype=torch.float64)
-    layer = QueryAwareSelfAttention(dim=16, heads=2, top_k=3).double()
-    out, _ = layer(x, torch.from_numpy(build_grid(cells, 1, 4).slots))
-    order = rng.permutation(len(cells))
-    shuffled, _ = layer(x[order], torch.from_numpy(build_grid(cells[order], 1, 4).slots))
+    layer = QueryAwareSelfAttention(dim=16, heads=2, top_k=3, scorer=scorer, selection=selection)
+    layer = layer.double()
+    out, selected = layer(x, layout)
+    order = np.random.default_rng(3).permutation(len(cells))
+    shuffled_layout = RegionLayout.from_grid(build_grid(cells[order], 1, 4))
+    shuffled, _ = layer(x[order], shuffled_layout)
     torch.testing.assert_close(shuffled, out[order], rtol=1e-9, atol=1e-9)
 
 
-def test_module_rejects_bad_settings():
-    from querent.layers.query_aware import QueryAwareSelfAttention
+@pytest.mark.parametrize("chunk", [16, 1024])
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("scorer", ["quest", "learned"])
+def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, chunk):
+    """Hard top-k forward; every parameter's gradient, learned scorer included, as autograd
+    gives it through masked dense attention plus the straight-through score term."""
+    torch.manual_seed(0)
+    _, layout = _ragged_layout(6, 300, 24, 3)
+    x = torch.randn(len(layout.region_of_patch), 16, dtype=torch.float64)
+    layer = QueryAwareSelfAttention(
+        dim=16, heads=2, top_k=2, scorer=scorer, selection=selection, chunk_size=chunk
+    ).double()
+    out, selected = layer(x, layout)
+    q, k, v = layer.split(x)
+    bias = None
+    if scorer == "learned":
+        scoring = layer.scorer.prepare(x, q, k, layout)
+        queries = scoring.queries
+        if selection == "region":  # the region's mean scoring query, shared by its patches
+            queries = region_mean(queries, layout)[layout.region_of_patch]
+        score = scoring.score_selected(queries, selected)
+        bias = score - score.detach()
+    expected = layer.merge(_reference(q, k, v, layout, selected, bias))
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    weights = torch.randn_like(out)
+    params = dict(layer.named_parameters())
+    grads = torch.autograd.grad((out * weights).sum(), list(params.values()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(params.values()))
+    for name, grad, expected_grad in zip(params, grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-9, msg=name)
+        assert grad.abs().sum() > 0, name
 
+
+def test_module_rejects_bad_settings():
     with pytest.raises(ValueError, match="top_k"):
         QueryAwareSelfAttention(dim=16, top_k=0)
     with pytest.raises(ValueError, match="head_dim"):
         QueryAwareSelfAttention(dim=2, heads=4)
+    with pytest.raises(ValueError, match="scorer.*quest"):
+        QueryAwareSelfAttention(dim=16, scorer="best")
+    with pytest.raises(ValueError, match="selection"):
+        QueryAwareSelfAttention(dim=16, selection="slide")
+    with pytest.raises(ValueError, match="chunk_size"):
+        QueryAwareSelfAttention(dim=16, chunk_size=0)

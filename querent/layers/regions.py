@@ -1,0 +1,84 @@
+"""Patches laid out by region, and per-region summaries (min, max, mean).
+
+Axes: ``n`` patches, ``r`` regions, ``s`` slots per region (region_size²), ``...`` any trailing
+feature axes (e.g. heads and head features).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from querent.data.grid import RegionGrid
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """A :class:`~querent.data.grid.RegionGrid` as tensors on the model's device.
+
+    Attributes:
+        slots: (r, s) patch index per region slot, -1 where the cell has no patch.
+        valid: (r, s) True where a slot holds a patch.
+        region_of_patch: (n,) region of every patch.
+        patch_slot: (n,) flat slot ``region * s + slot`` of every patch.
+    """
+
+    slots: torch.Tensor
+    valid: torch.Tensor
+    region_of_patch: torch.Tensor
+    patch_slot: torch.Tensor
+
+    @classmethod
+    def from_grid(cls, grid: RegionGrid, device: torch.device | str | None = None) -> RegionLayout:
+        """Tensors of ``grid`` on ``device``."""
+        slots = torch.as_tensor(grid.slots, dtype=torch.long, device=device)
+        valid = slots >= 0
+        flat = valid.flatten().nonzero().squeeze(-1)
+        patch_slot = torch.empty_like(flat)
+        patch_slot[slots.flatten()[flat]] = flat
+        region_of_patch = torch.as_tensor(grid.region_of_patch, dtype=torch.long, device=device)
+        return cls(slots, valid, region_of_patch, patch_slot)
+
+    @property
+    def n_regions(self) -> int:
+        """Regions with at least one patch."""
+        return self.slots.shape[0]
+
+    @property
+    def region_slots(self) -> int:
+        """Slots per region."""
+        return self.slots.shape[1]
+
+
+def to_regions(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
+    """(n, ...) per patch -> (r, s, ...) per region slot; empty slots hold patch 0 (mask them)."""
+    slots = layout.slots.clamp(min=0)
+    return x.index_select(0, slots.flatten()).view(*slots.shape, *x.shape[1:])
+
+
+def from_regions(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
+    """(r, s, ...) per region slot -> (n, ...) per patch; empty slots are dropped."""
+    return x.flatten(0, 1).index_select(0, layout.patch_slot)
+
+
+def _expand(valid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return valid.view(*valid.shape, *([1] * (x.ndim - 2)))
+
+
+def region_min_max(x: torch.Tensor, layout: RegionLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise (min, max) over each region's patches: (n, ...) -> two (r, ...)."""
+    grouped = to_regions(x, layout)
+    valid = _expand(layout.valid, grouped)
+    low = grouped.masked_fill(~valid, math.inf).amin(dim=1)
+    high = grouped.masked_fill(~valid, -math.inf).amax(dim=1)
+    return low, high
+
+
+def region_mean(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
+    """Mean over each region's patches: (n, ...) -> (r, ...)."""
+    grouped = to_regions(x, layout)
+    valid = _expand(layout.valid, grouped)
+    total = grouped.masked_fill(~valid, 0).sum(dim=1)
+    return total / valid.sum(dim=1).to(x.dtype)

@@ -1,0 +1,166 @@
+"""Region scorers: how a query rates every region from a per-region summary alone.
+
+Axes: ``n`` patches, ``r`` regions, ``h`` heads, ``d`` head features, ``e`` scoring features,
+``c`` queries in a chunk, ``k`` selected regions.
+
+A scorer's :meth:`~RegionScorer.prepare` runs once per forward pass and returns a
+:class:`Scoring`: the vectors that stand for each query, ``score_all`` (every region, used only
+to pick the top k, without gradient) and, for scorers with parameters, ``score_selected`` (the
+chosen regions only, with gradient).
+
+**How a learned scorer learns.** Top-k selection has no gradient. Query-aware attention adds
+``score - stopgrad(score)`` of each selected region to the attention logits of that region's
+keys: zero in the forward pass, so outputs are exactly those of hard top-k selection, while in
+the backward pass a region's score receives the summed gradient of its keys' logits (a
+straight-through estimator). Raising the score of a region whose keys the loss wants more
+attention on is then what the scorer learns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from querent.layers.regions import RegionLayout, region_mean, region_min_max
+
+SCORERS = ("quest", "learned", "mean", "random")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Region scores of one forward pass.
+
+    Attributes:
+        queries: (n, h, e) the vector standing for each query when it scores regions.
+        score_all: ``(c, h, e) -> (h, c, r)`` score of every region.
+        score_selected: ``((c, h, e), (h, c, k) region indices) -> (h, c, k)`` differentiable
+            scores of the selected regions; None for scorers without parameters.
+    """
+
+    queries: torch.Tensor
+    score_all: Callable[[torch.Tensor], torch.Tensor]
+    score_selected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+
+class RegionScorer(nn.Module):
+    """Base class of scorers."""
+
+    def prepare(
+        self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, layout: RegionLayout
+    ) -> Scoring:
+        """Summarise the regions.
+
+        Args:
+            x: (n, dim) input of the attention layer.
+            q: (n, h, d) queries.
+            k: (n, h, d) keys.
+            layout: Region layout of the slide.
+        """
+        raise NotImplementedError
+
+
+def quest_scores(queries: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
+    """Quest upper bound (Tang et al., 2024) of ``q . key`` over each region's keys.
+
+    ``sum_d max(q_d * kmin_d, q_d * kmax_d)``: per channel the max takes ``kmax`` where
+    ``q_d >= 0`` and ``kmin`` where ``q_d < 0``, so the bound is two matmuls.
+
+    Args:
+        queries: (c, h, d).
+        kmin: (r, h, d) region minima of keys.
+        kmax: (r, h, d) region maxima of keys.
+
+    Returns:
+        (h, c, r) scores; ``scores[h, i, j] >= q_i . key`` for every key of region ``j``.
+    """
+    positive = queries.clamp(min=0)
+    negative = queries - positive
+    return torch.einsum("chd,rhd->hcr", positive, kmax) + torch.einsum(
+        "chd,rhd->hcr", negative, kmin
+    )
+
+
+class QuestScorer(RegionScorer):
+    """The Quest bound on keys per head: the region's best possible logit for this query."""
+
+    def prepare(self, x, q, k, layout):  # noqa: D102
+        kmin, kmax = region_min_max(k.detach(), layout)
+        return Scoring(q.detach(), lambda queries: quest_scores(queries, kmin, kmax))
+
+
+class MeanScorer(RegionScorer):
+    """Query times the mean key of the region (the paper's mean-summary ablation)."""
+
+    def prepare(self, x, q, k, layout):  # noqa: D102
+        kmean = region_mean(k.detach(), layout)
+        return Scoring(q.detach(), lambda queries: torch.einsum("chd,rhd->hcr", queries, kmean))
+
+
+class RandomScorer(RegionScorer):
+    """Uniform random scores, drawn anew every forward pass (the paper's random ablation)."""
+
+    def prepare(self, x, q, k, layout):  # noqa: D102
+        n_regions = layout.n_regions
+
+        def score_all(queries: torch.Tensor) -> torch.Tensor:
+            c, h, _ = queries.shape
+            return torch.rand(h, c, n_regions, device=queries.device, dtype=queries.dtype)
+
+        return Scoring(q.detach(), score_all)
+
+
+class LearnedScorer(RegionScorer):
+    """The paper's learned variant (as summarised; details unconfirmed).
+
+    Regions are summarised by the min and max of their *input features*, projected by
+    ``f_min`` and ``f_max``; a separate projection ``q_hat`` of each patch scores them:
+    ``max(|q_hat . f_min(m_min)|, |q_hat . f_max(m_max)|)`` per head.
+
+    Args:
+        dim: Input features of the attention layer.
+        heads: Attention heads (one score per head).
+        score_dim: Features of the scoring space per head.
+    """
+
+    def __init__(self, *, dim: int, heads: int, score_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q_hat = nn.Linear(dim, heads * score_dim, bias=False)
+        self.f_min = nn.Linear(dim, heads * score_dim)
+        self.f_max = nn.Linear(dim, heads * score_dim)
+
+    def prepare(self, x, q, k, layout):  # noqa: D102
+        x_min, x_max = region_min_max(x, layout)
+        split = "n (h e) -> n h e"
+        f_min = rearrange(self.f_min(x_min), split, h=self.heads)
+        f_max = rearrange(self.f_max(x_max), split, h=self.heads)
+        queries = rearrange(self.q_hat(x), split, h=self.heads)
+
+        def score_all(chunk: torch.Tensor) -> torch.Tensor:
+            low = torch.einsum("che,rhe->hcr", chunk, f_min).abs()
+            return torch.maximum(low, torch.einsum("che,rhe->hcr", chunk, f_max).abs())
+
+        def score_selected(chunk: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+            head = torch.arange(self.heads, device=chunk.device)[:, None, None]
+            low = torch.einsum("che,hcke->hck", chunk, f_min[selected, head]).abs()
+            high = torch.einsum("che,hcke->hck", chunk, f_max[selected, head]).abs()
+            return torch.maximum(low, high)
+
+        return Scoring(queries, score_all, score_selected)
+
+
+def make_scorer(name: str, *, dim: int, heads: int, head_dim: int) -> RegionScorer:
+    """Build a scorer by name (one of :data:`SCORERS`)."""
+    if name == "quest":
+        return QuestScorer()
+    if name == "mean":
+        return MeanScorer()
+    if name == "random":
+        return RandomScorer()
+    if name == "learned":
+        return LearnedScorer(dim=dim, heads=heads, score_dim=head_dim)
+    raise ValueError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}")

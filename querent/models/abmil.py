@@ -1,0 +1,50 @@
+"""ABMIL: gated attention pooling over embedded patches (Ilse et al., 2018).
+
+Axes: ``n`` patches, ``d`` features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from querent.layers.pooling import GatedAttentionPool
+from querent.models.base import MILModel, MILOutput
+from querent.models.registry import register_model
+
+
+@register_model("abmil")
+class ABMIL(MILModel):
+    """Patch embedding (linear, ReLU, dropout), gated attention pooling, linear head.
+
+    Patches are pooled as a set, so ``cells`` is ignored.
+
+    Args:
+        in_dim: Patch feature size.
+        n_classes: Head outputs.
+        dim: Patch embedding size, also the slide embedding size.
+        attention_dim: Hidden size of the gated attention network.
+        dropout: Dropout after the patch embedding and inside the attention network.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_classes: int,
+        dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        if dim < 1 or attention_dim < 1:
+            raise ValueError(f"dim and attention_dim must be >= 1, got {dim} and {attention_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
+        self.attention_pool = GatedAttentionPool(dim=dim, hidden=attention_dim, dropout=dropout)
+
+    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
+        """Attention-weighted mean of the embedded patches; ``cells`` is unused."""
+        embedding, attention = self.attention_pool(self.embed(features))
+        return MILOutput(embedding=embedding, attention=attention)

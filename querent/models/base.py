@@ -1,0 +1,107 @@
+"""The surface every MIL model shares: one bag of patch features in, slide logits out.
+
+Axes: ``n`` patches, ``d`` features, ``h`` heads, ``k`` selected regions per patch.
+
+A bag is one slide: ``features`` (n, in_dim), ``cells`` (n, 2) integer lattice cells (column,
+row) of the patches (level-0 coordinates divided by the lattice step), and optionally ``mask``
+(n,) with False on padded rows. Padded rows are removed before any computation, so padding can
+never change a result; per-patch outputs are scattered back to all n rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MILOutput:
+    """What a model returns for one bag.
+
+    Attributes:
+        embedding: (d,) slide embedding fed to the head.
+        attention: (n,) pooling weight of every patch (0 on padded rows), for heatmaps.
+        logits: (n_classes,) head output; None from ``forward_features``.
+        selected: (h, n, k) regions each patch attended to in the last query-aware layer (-1 on
+            padded rows), or None for models without region selection.
+        region_of_patch: (n,) region index of every patch (-1 on padded rows), the key to
+            ``selected``; None for models without regions.
+    """
+
+    embedding: torch.Tensor
+    attention: torch.Tensor
+    logits: torch.Tensor | None = None
+    selected: torch.Tensor | None = None
+    region_of_patch: torch.Tensor | None = None
+
+
+class MILModel(nn.Module):
+    """Base class: subclasses implement :meth:`pool` on a bag without padding.
+
+    Args:
+        in_dim: Patch feature size.
+        n_classes: Head outputs (classes, survival time bins, or 1 for a Cox risk).
+        embed_dim: Size of the slide embedding the head reads.
+    """
+
+    def __init__(self, *, in_dim: int, n_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        if in_dim < 1 or n_classes < 1:
+            raise ValueError(f"in_dim and n_classes must be >= 1, got {in_dim} and {n_classes}")
+        self.in_dim, self.n_classes = in_dim, n_classes
+        self.head = nn.Linear(embed_dim, n_classes)
+
+    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
+        """Slide embedding and per-patch outputs of a bag without padding."""
+        raise NotImplementedError
+
+    def forward_features(
+        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> MILOutput:
+        """Embed one bag; ``logits`` is left None."""
+        self._check_bag(features, cells, mask)
+        if mask is None:
+            return self.pool(features, cells)
+        out = self.pool(features[mask], cells[mask])
+        attention = features.new_zeros(len(features))
+        attention[mask] = out.attention
+        selected = region_of_patch = None
+        if out.selected is not None:
+            heads, _, k = out.selected.shape
+            selected = out.selected.new_full((heads, len(mask), k), -1)
+            selected[:, mask] = out.selected
+        if out.region_of_patch is not None:
+            region_of_patch = out.region_of_patch.new_full((len(mask),), -1)
+            region_of_patch[mask] = out.region_of_patch
+        return replace(out, attention=attention, selected=selected, region_of_patch=region_of_patch)
+
+    def forward_head(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(n_classes,) logits of a slide embedding."""
+        return self.head(embedding)
+
+    def forward(
+        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> MILOutput:
+        """Embed one bag and apply the head."""
+        out = self.forward_features(features, cells, mask)
+        return replace(out, logits=self.forward_head(out.embedding))
+
+    def _check_bag(
+        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
+        if features.ndim != 2 or features.shape[1] != self.in_dim:
+            raise ValueError(
+                f"features must be (n, {self.in_dim}) for this model, got {tuple(features.shape)}"
+            )
+        if cells.shape != (len(features), 2):
+            raise ValueError(
+                f"cells must be (n, 2) lattice cells matching {len(features)} patches, "
+                f"got {tuple(cells.shape)}"
+            )
+        if mask is not None and (mask.shape != (len(features),) or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be a bool tensor of shape ({len(features)},)")
+        n_valid = len(features) if mask is None else int(mask.sum())
+        if n_valid == 0:
+            raise ValueError("the bag has no patches; slides without tissue cannot be classified")

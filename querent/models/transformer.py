@@ -1,0 +1,177 @@
+"""Transformer MIL models: ``querent`` (query-aware sparse attention) and ``full_attention``.
+
+Both are: linear projection of the patch features, optional 2D positional encoding of the
+lattice cells, ``depth`` pre-norm transformer blocks, LayerNorm, gated attention pooling and a
+linear head. They differ only in the attention of the blocks, so ``full_attention`` is the exact
+upper reference of ``querent``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from querent.data.grid import build_grid
+from querent.layers.block import PreNormBlock
+from querent.layers.pooling import GatedAttentionPool
+from querent.layers.positional import sincos_2d
+from querent.layers.query_aware import DenseSelfAttention, QueryAwareSelfAttention
+from querent.layers.regions import RegionLayout
+from querent.models.base import MILModel, MILOutput
+from querent.models.registry import register_model
+
+
+class TransformerMIL(MILModel):
+    """Shared body of the transformer models; subclasses pass the attention of each block."""
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_classes: int,
+        dim: int,
+        depth: int,
+        attention: list[nn.Module],
+        mlp_ratio: float,
+        positional: bool,
+        dropout: float,
+    ) -> None:
+        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        if depth < 1 or mlp_ratio <= 0:
+            raise ValueError(f"depth and mlp_ratio must be positive, got {depth} and {mlp_ratio}")
+        if positional and dim % 4:
+            raise ValueError(f"positional encoding needs dim divisible by 4, got dim={dim}")
+        self.positional = positional
+        self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.blocks = nn.ModuleList(
+            PreNormBlock(dim=dim, attention=layer, mlp_ratio=mlp_ratio, dropout=dropout)
+            for layer in attention
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.pool_patches = GatedAttentionPool(dim=dim, dropout=dropout)
+
+    def layout(self, cells: torch.Tensor) -> RegionLayout | None:
+        """Region layout the blocks need (None for dense attention)."""
+        return None
+
+    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:  # noqa: D102
+        layout = self.layout(cells)
+        x = self.embed(features)
+        if self.positional:
+            x = x + sincos_2d(cells, x.shape[-1]).to(x.dtype)
+        selected = None
+        for block in self.blocks:
+            x, selected = block(x, layout)
+        embedding, attention = self.pool_patches(self.norm(x))
+        region_of_patch = None if layout is None else layout.region_of_patch
+        return MILOutput(embedding, attention, selected=selected, region_of_patch=region_of_patch)
+
+
+@register_model("querent")
+class Querent(TransformerMIL):
+    """Querent (Guo et al., ICML 2025): query-aware sparse attention over spatial regions.
+
+    Args:
+        in_dim: Patch feature size.
+        n_classes: Head outputs.
+        dim: Model features.
+        heads: Attention heads.
+        depth: Transformer blocks.
+        region_size: Lattice cells per region side (regions hold up to region_size² patches).
+        top_k: Regions each patch attends to; None = all (exact full attention).
+        scorer: ``quest`` (bound on keys), ``learned`` (the paper's), ``mean`` or ``random``.
+        selection: ``patch`` (each patch picks its regions, the paper's) or ``region``
+            (patches of a region share a pick; faster).
+        mlp_ratio: Hidden width of the blocks' MLP relative to ``dim``.
+        positional: Add a 2D sine-cosine encoding of the lattice cells.
+        dropout: Dropout in the blocks and the pooling.
+        chunk_size: Queries attended at once (bounds memory).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_classes: int,
+        dim: int = 256,
+        heads: int = 4,
+        depth: int = 1,
+        region_size: int = 4,
+        top_k: int | None = 8,
+        scorer: str = "quest",
+        selection: str = "patch",
+        mlp_ratio: float = 2.0,
+        positional: bool = False,
+        dropout: float = 0.0,
+        chunk_size: int = 1024,
+    ) -> None:
+        if region_size < 1:
+            raise ValueError(f"region_size must be >= 1, got {region_size}")
+        attention = [
+            QueryAwareSelfAttention(
+                dim=dim,
+                heads=heads,
+                top_k=top_k,
+                scorer=scorer,
+                selection=selection,
+                chunk_size=chunk_size,
+            )
+            for _ in range(depth)
+        ]
+        super().__init__(
+            in_dim=in_dim,
+            n_classes=n_classes,
+            dim=dim,
+            depth=depth,
+            attention=attention,
+            mlp_ratio=mlp_ratio,
+            positional=positional,
+            dropout=dropout,
+        )
+        self.region_size = region_size
+
+    def layout(self, cells: torch.Tensor) -> RegionLayout:
+        """Group the patches into regions of ``region_size`` cells a side (milliseconds)."""
+        grid = build_grid(cells.cpu().numpy(), 1, self.region_size)
+        return RegionLayout.from_grid(grid, cells.device)
+
+
+@register_model("full_attention")
+class FullAttention(TransformerMIL):
+    """The same transformer with dense softmax attention over all patches (the upper reference).
+
+    Args:
+        in_dim: Patch feature size.
+        n_classes: Head outputs.
+        dim: Model features.
+        heads: Attention heads.
+        depth: Transformer blocks.
+        mlp_ratio: Hidden width of the blocks' MLP relative to ``dim``.
+        positional: Add a 2D sine-cosine encoding of the lattice cells.
+        dropout: Dropout in the blocks and the pooling.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_classes: int,
+        dim: int = 256,
+        heads: int = 4,
+        depth: int = 1,
+        mlp_ratio: float = 2.0,
+        positional: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_dim=in_dim,
+            n_classes=n_classes,
+            dim=dim,
+            depth=depth,
+            attention=[
+                DenseSelfAttention(dim=dim, heads=heads, head_dim=None) for _ in range(depth)
+            ],
+            mlp_ratio=mlp_ratio,
+            positional=positional,
+            dropout=dropout,
+        )
