@@ -1,1 +1,1 @@
-"""Training and evaluation of MIL models: losses, metrics, the training loop, evaluation."""
+"""Training and evaluation of MIL models (so far: the losses)."""
