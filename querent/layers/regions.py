@@ -46,11 +46,6 @@ class RegionLayout:
         """Regions with at least one patch."""
         return self.slots.shape[0]
 
-    @property
-    def region_slots(self) -> int:
-        """Slots per region."""
-        return self.slots.shape[1]
-
 
 def to_regions(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
     """(n, ...) per patch -> (r, s, ...) per region slot; empty slots hold patch 0 (mask them)."""
