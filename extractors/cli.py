@@ -142,7 +142,7 @@ def run_extract(args: argparse.Namespace) -> None:
     import torch
 
     from extractors.encoders import create_encoder
-    from extractors.extract import ExtractionOptions, export_stamp, extract_slide, pick_device
+    from extractors.extract import ExtractionOptions, extract_slide, pick_device
 
     options = ExtractionOptions(
         batch_size=args.batch_size,
@@ -176,9 +176,16 @@ def run_extract(args: argparse.Namespace) -> None:
             },
             options=options,
         )
-        if args.stamp:
-            export_stamp(out, args.out_dir / "stamp" / f"{slide_id}.h5")
         print(f"{out}\t{n_patches} patches")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Copy feature files into the layout another tool loads (CLAM or STAMP)."""
+    from extractors.exports import export_file
+
+    for path in args.features:
+        written = export_file(args.format, path, args.out_dir)
+        print("\t".join(str(p) for p in written))
 
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +227,6 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="encode even if the patches' µm/px differs from the encoder's",
     )
-    parser.add_argument("--stamp", action="store_true", help="also write DIR/stamp/{slide_id}.h5")
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
 
 
@@ -279,3 +285,20 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
     )
     _add_extract_arguments(extract)
     extract.set_defaults(func=run_extract)
+
+    export = subparsers.add_parser(
+        "export",
+        parents=[common],
+        help="copy feature files into CLAM's or STAMP's layout",
+        description=run_export.__doc__,
+    )
+    export.add_argument("features", type=Path, nargs="+", help="our feature files ({slide}.h5)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["clam", "stamp"],
+        help="clam: DIR/pt_files/{slide}.pt, DIR/h5_files/{slide}.h5, DIR/patches/{slide}.h5; "
+        "stamp: DIR/{slide}.h5",
+    )
+    export.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
+    export.set_defaults(func=run_export)

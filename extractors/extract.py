@@ -21,7 +21,7 @@ from extractors.atomic import atomic_path
 from extractors.encoders.registry import Encoder, EncoderSpec
 from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks
 from extractors.wsi.reader import Slide, SlideError
-from extractors.wsi.tiling import read_coords
+from extractors.wsi.tiling import read_coords, trident_magnifications
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,11 @@ def extract_slide(
     """
     slide_kwargs = slide_kwargs or {}
     coords, attrs = read_coords(coords_path)
+    # Coords files of earlier versions carry the scanner's objective power here; TRIDENT needs
+    # the value that matches the patch geometry.
+    attrs["level0_magnification"], _ = trident_magnifications(
+        float(attrs["target_mpp"]), int(attrs["patch_size"]), int(attrs["patch_size_level0"])
+    )
     with Slide(slide_path, **slide_kwargs) as slide:
         check_same_slide(attrs, slide, coords_path)
         slide_id = slide.slide_id
@@ -250,27 +255,3 @@ def extract_slide(
     write_features(out_path, features[keep], coords[keep], attrs, feature_attrs, coords[skipped])
     logger.info("%s: %d x %d features -> %s", slide_id, keep.sum(), spec.embed_dim, out_path)
     return int(keep.sum())
-
-
-def export_stamp(features_path: str | Path, out_path: str | Path) -> None:
-    """Write a STAMP-style feature file: ``feats`` (float16) and ``coords`` in µm.
-
-    Attributes: ``unit`` ("um"), ``tile_size_um``, ``tile_size_px``, ``extractor``.
-    """
-    with h5py.File(features_path, "r") as h5:
-        features = h5["features"][:]
-        coords = h5["coords"][:]
-        coords_attrs = dict(h5["coords"].attrs)
-        encoder = h5["features"].attrs["encoder"]
-    mpp = float(coords_attrs["level0_mpp"])
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("feats", data=features.astype(np.float16))
-        h5.create_dataset("coords", data=coords.astype(np.float64) * mpp)
-        h5.attrs.update(
-            {
-                "unit": "um",
-                "tile_size_um": float(coords_attrs["patch_size_level0"]) * mpp,
-                "tile_size_px": int(coords_attrs["patch_size"]),
-                "extractor": encoder,
-            }
-        )

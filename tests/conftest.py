@@ -30,6 +30,22 @@ def tcga_slide() -> Path:
     return shared_slide("tcga-cr-7395-01a-01-ts1.svs")
 
 
+@pytest.fixture(scope="session")
+def relabelled_40x_slide(tmp_path_factory) -> Path:
+    """CMU-1-Small-Region relabelled as an Aperio GT450 40x scan (AppMag 40, MPP 0.2632).
+
+    Only those two fields change, at the same byte length, so the TIFF stays valid. No level
+    lies within 5% of 0.5 µm/px, so tiling at 20x reads level 0 and resizes.
+    """
+    data = shared_slide("cmu-1-small-region.svs").read_bytes()
+    for old, new in ((b"AppMag = 20", b"AppMag = 40"), (b"MPP = 0.4990", b"MPP = 0.2632")):
+        assert old in data
+        data = data.replace(old, new)
+    path = tmp_path_factory.mktemp("gt450") / "gt450-40x.svs"
+    path.write_bytes(data)
+    return path
+
+
 @pytest.fixture
 def blank_slide(tmp_path) -> Path:
     """A real pyramidal SVS with no tissue at all."""

@@ -135,3 +135,30 @@ def test_grid_errors_give_one_line_naming_the_file(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and str(source) in lines[0], result.stderr
     assert not (tmp_path / "g").exists()
+
+
+def test_export_writes_clam_and_stamp_layouts(cmu_slide, tmp_path, capsys):
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path)]) == 0
+    coords = tmp_path / "cmu-1-small-region.h5"
+    out = str(tmp_path / "f")
+    assert main(["extract", str(cmu_slide), "--coords", str(coords), "-o", out]) == 0
+    features = tmp_path / "f" / "cmu-1-small-region.h5"
+    for fmt in ("clam", "stamp"):
+        assert main(["export", "--format", fmt, str(features), "-o", str(tmp_path / fmt)]) == 0
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {
+        "clam/pt_files/cmu-1-small-region.pt",
+        "clam/h5_files/cmu-1-small-region.h5",
+        "clam/patches/cmu-1-small-region.h5",
+        "stamp/cmu-1-small-region.h5",
+    } <= names
+
+    result = subprocess.run(
+        [sys.executable, "-m", "querent.cli", "export", "--format", "stamp", str(coords), "-o",
+         str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(coords) in lines[0] and "extract" in lines[0], result.stderr

@@ -233,6 +233,7 @@ def dinov2_class_token(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 register_encoder(
     EncoderSpec(
         name="uni_v1",
+        stamp_name="uni",
         build=partial(_timm_model, "vit_large_patch16_224", **UNI_V1_KWARGS),
         embed_dim=1024,
         hf_repo="MahmoodLab/UNI",
@@ -252,6 +253,7 @@ register_encoder(
 register_encoder(
     EncoderSpec(
         name="uni_v2",
+        stamp_name="uni2",
         build=partial(_timm_model, "vit_giant_patch14_224", **UNI_V2_KWARGS),
         embed_dim=1536,
         hf_repo="MahmoodLab/UNI2-h",
@@ -272,6 +274,7 @@ register_encoder(
 register_encoder(
     EncoderSpec(
         name="virchow2",
+        stamp_name="virchow2",
         build=partial(_timm_model, "vit_huge_patch14_224", **VIRCHOW2_KWARGS),
         embed_dim=2560,
         embed=class_and_mean_patch_token,
@@ -295,6 +298,7 @@ def _register_h_optimus(name: str, repo: str, filename: str, weights_license: st
     register_encoder(
         EncoderSpec(
             name=name,
+            stamp_name=name.replace("_", "-"),
             build=partial(_timm_model, "vit_giant_patch14_reg4_dinov2", **HOPTIMUS_KWARGS),
             embed_dim=1536,
             mean=HOPTIMUS_MEAN,
@@ -325,6 +329,7 @@ _register_h_optimus(
 register_encoder(
     EncoderSpec(
         name="gigapath",
+        stamp_name="gigapath",
         build=partial(_timm_model, "vit_giant_patch14_dinov2", **GIGAPATH_KWARGS),
         embed_dim=1536,
         resize_size=256,
@@ -346,6 +351,7 @@ register_encoder(
 register_encoder(
     EncoderSpec(
         name="conch_v15",
+        stamp_name="conch1_5",
         build=ConchV15Vision,
         embed_dim=768,
         input_size=448,

@@ -45,6 +45,8 @@ class EncoderSpec:
         remap_state_dict: Maps a published state dict onto ``build()``'s keys.
         license: Licence of the weights.
         gated: Whether the weights need an approved access request.
+        stamp_name: STAMP's name of the same model (its ``ExtractorName``), written as
+            ``extractor`` in STAMP exports so STAMP's slide encoders accept them.
         notes: Where the recipe comes from and anything unusual.
     """
 
@@ -63,6 +65,7 @@ class EncoderSpec:
     remap_state_dict: Callable[[dict], dict] | None = None
     license: str = ""
     gated: bool = False
+    stamp_name: str | None = None
     notes: str = ""
 
 

@@ -217,12 +217,16 @@ class Slide:
         self._osr.close()
 
     @property
-    def magnification(self) -> float:
-        """Level-0 objective power: the scanner's if recorded, else 10 / MPP (20x = 0.5 µm/px)."""
+    def objective_power(self) -> float | None:
+        """The scanner's recorded objective power (``openslide.objective-power``), if any.
+
+        Only a label: patch geometry comes from the MPP, never from this (a "40x" GT450 scans at
+        0.2632 µm/px, not 0.25).
+        """
         try:
             return float(self.properties["openslide.objective-power"])
         except (KeyError, ValueError):
-            return 10.0 / self.mpp
+            return None
 
     def level_mpp(self, level: int) -> float:
         """Microns per pixel of a pyramid level."""

@@ -178,6 +178,20 @@ def params_hash(params: TilingParams, lattice: Lattice) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def trident_magnifications(
+    target_mpp: float, patch_size: int, patch_size_level0: int
+) -> tuple[float, float]:
+    """``(level0_magnification, target_magnification)`` as TRIDENT reads them.
+
+    TRIDENT reads ``patch_size * level0_magnification / target_magnification`` level-0 pixels
+    per patch, so the level-0 "magnification" must follow the patch geometry (from the MPP), not
+    the scanner's objective power: a 40x Aperio GT450 at 0.2632 µm/px tiled at 0.5 µm/px has
+    486-pixel patches, which TRIDENT would read as 512 with the label's 40.
+    """
+    target = 10.0 / target_mpp
+    return target * patch_size_level0 / patch_size, target
+
+
 def write_coords(
     path: str | Path,
     coords: np.ndarray,
@@ -191,12 +205,15 @@ def write_coords(
 
     Datasets: ``coords`` (N, 2) int64 level-0 top-left (x, y) and ``tissue_fraction`` (N,).
     """
+    level0_magnification, target_magnification = trident_magnifications(
+        params.target_mpp, params.patch_size, lattice.patch_size_level0
+    )
     attrs = {
         # TRIDENT / Patho-Bench
         "patch_size": params.patch_size,
         "patch_size_level0": lattice.patch_size_level0,
-        "level0_magnification": slide.magnification,
-        "target_magnification": 10.0 / params.target_mpp,
+        "level0_magnification": level0_magnification,
+        "target_magnification": target_magnification,
         "overlap": params.overlap,
         "name": slide.slide_id,
         "level0_width": slide.dimensions[0],
@@ -214,6 +231,8 @@ def write_coords(
         "min_tissue_fraction": params.min_tissue_fraction,
         "params_hash": params_hash(params, lattice),
     }
+    if slide.objective_power is not None:
+        attrs["scanner_objective_power"] = slide.objective_power
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         dataset = h5.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
         dataset.attrs.update(attrs)

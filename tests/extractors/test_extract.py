@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from extractors.encoders import create_encoder
-from extractors.extract import ExtractionOptions, export_stamp, extract_slide
+from extractors.extract import ExtractionOptions, extract_slide
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide, SlideError
 
@@ -175,21 +175,6 @@ def test_corrupt_region_fails_or_is_skipped_and_recorded(lite0, cmu_coords, tmp_
         assert h5["features"].attrs["n_skipped"] == 1
         assert tuple(h5["skipped_coords"][0]) == bad
         assert bad not in {tuple(c) for c in h5["coords"][:]}
-
-
-def test_stamp_export(lite0, cmu_coords, tmp_path):
-    slide, coords_path = cmu_coords
-    extract_slide(
-        slide, coords_path, lite0, tmp_path / "f.h5", options=ExtractionOptions(num_workers=0)
-    )
-    export_stamp(tmp_path / "f.h5", tmp_path / "stamp.h5")
-    features, coords, _, coords_attrs = _read(tmp_path / "f.h5")
-    with h5py.File(tmp_path / "stamp.h5") as h5:
-        assert h5["feats"].dtype == np.float16
-        np.testing.assert_allclose(h5["feats"][:], features, rtol=1e-2, atol=1e-2)
-        np.testing.assert_allclose(h5["coords"][:], coords * coords_attrs["level0_mpp"])
-        assert h5.attrs["unit"] == "um" and h5.attrs["tile_size_px"] == 256
-        assert h5.attrs["tile_size_um"] == pytest.approx(256 * 0.499)
 
 
 def test_killed_extraction_leaves_no_complete_looking_file(

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from extractors.wsi.tiling import read_coords
@@ -129,6 +130,20 @@ def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
     code, output = _snakemake(project, "--report", "report.html")
     assert code == 0, output
     assert "demo_001_qc.png" in (project / "report.html").read_text()
+
+    # exports add only their own jobs, and CLAM's copy holds the same features
+    exporting = _update_config(project, features={"export_clam": True, "export_stamp": True})
+    code, output = _snakemake(exporting)
+    assert code == 0, output
+    counts = _job_counts(output)
+    assert counts == {"export_clam": 2, "export_clam_patches": 2, "export_stamp": 2, "default": 1}
+    with h5py.File(project / "results/features/efficientnet_lite0/demo_000.h5") as h5:
+        features = h5["features"][:]
+    clam = torch.load(project / "results/clam/efficientnet_lite0/pt_files/demo_000.pt")
+    np.testing.assert_array_equal(clam.numpy(), features)
+    with h5py.File(project / "results/stamp/efficientnet_lite0/demo_000.h5") as h5:
+        assert h5.attrs["extractor"] == "efficientnet_lite0" and len(h5["feats"]) == len(features)
+    assert (project / "results/clam/patches/demo_001.h5").exists()
 
     changed = _update_config(project, tiling={"patch_size": 128})
     counts = _job_counts(_snakemake(changed, "-n")[1])

@@ -94,6 +94,12 @@ def all_outputs():
     ]
     if config["features"]["export_stamp"]:
         per_slide.append("results/stamp/{encoder}/{slide}.h5")
+    if config["features"]["export_clam"]:
+        per_slide += [
+            "results/clam/{encoder}/pt_files/{slide}.pt",
+            "results/clam/{encoder}/h5_files/{slide}.h5",
+            "results/clam/patches/{slide}.h5",
+        ]
     outputs = expand(
         per_slide,
         slide=sorted(SLIDES),

@@ -35,3 +35,32 @@ rule export_stamp:
         "../../environment.yml"
     script:
         "../scripts/export_stamp.py"
+
+
+rule export_clam:
+    input:
+        "results/features/{encoder}/{slide}.h5",
+    output:
+        pt="results/clam/{encoder}/pt_files/{slide}.pt",
+        h5="results/clam/{encoder}/h5_files/{slide}.h5",
+    log:
+        "logs/clam/{encoder}/{slide}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/export_clam.py"
+
+
+rule export_clam_patches:
+    input:
+        "results/coords/{slide}.h5",
+    output:
+        "results/clam/patches/{slide}.h5",
+    log:
+        "logs/clam/patches/{slide}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/export_clam_patches.py"

@@ -1,6 +1,6 @@
-"""Snakemake adapter: write a STAMP-style copy of one feature file."""
+"""Snakemake adapter: write a STAMP copy of one feature file."""
 
-from extractors.extract import export_stamp
+from extractors.exports import export_stamp
 from extractors.logs import log_to_file
 
 log_to_file(snakemake.log[0])

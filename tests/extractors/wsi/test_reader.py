@@ -8,7 +8,7 @@ def test_cmu_mpp_from_openslide_metadata(cmu_slide):
     with Slide(cmu_slide) as slide:
         assert slide.mpp == pytest.approx(0.499)
         assert slide.mpp_source == "openslide.mpp-x"
-        assert slide.magnification == 20
+        assert slide.objective_power == 20
 
 
 def test_missing_mpp_names_the_slide_and_the_fix(tcga_slide):
@@ -22,6 +22,7 @@ def test_missing_mpp_names_the_slide_and_the_fix(tcga_slide):
 def test_missing_mpp_resolved_by_override_or_default(tcga_slide, caplog):
     with Slide(tcga_slide, mpp_override=0.25) as slide:
         assert (slide.mpp, slide.mpp_source) == (0.25, "slide_sheet")
+        assert slide.objective_power is None
     with Slide(tcga_slide, mpp_default=0.5) as slide:
         assert (slide.mpp, slide.mpp_source) == (0.5, "config_default")
     assert "slides.mpp_default" in caplog.text
