@@ -29,6 +29,7 @@ from extractors.extract import (
     patch_geometry,
     pick_device,
 )
+from extractors.io import read_coords
 from extractors.patches import PatchBlocks, collate_blocks
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide
@@ -91,7 +92,7 @@ def main() -> None:
     device = pick_device(None)
 
     slide_path, coords_path = bench_slide()
-    coords, attrs = tiling.read_coords(coords_path)
+    coords, attrs = read_coords(coords_path)
     encoder = create_encoder(args.encoder, pretrained=args.encoder == "efficientnet_lite0")
     encoder.to(device)
     options = ExtractionOptions(batch_size=args.batch_size, num_workers=args.workers)

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from extractors.errors import SettingsError
 from extractors.wsi import tiling, tissue
 from extractors.wsi.discovery import check_slide_id, slide_id_from_path
 from extractors.wsi.reader import Slide
@@ -133,7 +134,9 @@ def _coords_for(slide: Path, slide_id: str, coords: Path, n_slides: int) -> Path
     if coords.is_dir():
         return coords / f"{slide_id}.h5"
     if n_slides > 1:
-        raise ValueError(f"--coords {coords}: with several slides, give the folder of coords files")
+        raise SettingsError(
+            f"--coords {coords}: with several slides, give the folder of coords files"
+        )
     return coords
 
 
@@ -152,7 +155,7 @@ def run_extract(args: argparse.Namespace) -> None:
         device=args.device,
     )
     if args.slide_id and len(args.slides) > 1:
-        raise ValueError("--slide-id names one slide; with several, each is named by its file")
+        raise SettingsError("--slide-id names one slide; with several, each is named by its file")
     if args.threads:
         torch.set_num_threads(args.threads)
     encoder = create_encoder(args.encoder, checkpoint=args.checkpoint)

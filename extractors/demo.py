@@ -27,7 +27,8 @@ import pandas as pd
 import tifffile
 from tqdm import tqdm
 
-from extractors.atomic import atomic_path
+from extractors.errors import SettingsError
+from extractors.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def demo_cohort(n_slides: int = 16, seed: int = 0) -> pd.DataFrame:
         Columns ``slide_id``, ``case_id``, ``label``, ``time`` (months, > 0) and ``event`` (0/1).
     """
     if n_slides < 1:
-        raise ValueError(f"n_slides must be at least 1, got {n_slides}")
+        raise SettingsError(f"n_slides must be at least 1, got {n_slides}")
     slides_per_case = _slides_per_case(n_slides)
     rng = np.random.default_rng(seed)
     case_labels = _balanced_case_labels(slides_per_case, rng)

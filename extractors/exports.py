@@ -22,26 +22,9 @@ import h5py
 import numpy as np
 import torch
 
-from extractors.atomic import atomic_path
 from extractors.encoders import get_encoder_spec, list_encoders
-from extractors.wsi.tiling import read_coords
-
-
-def _read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """``features``, ``coords`` and both datasets' attributes of one of our feature files."""
-    try:
-        with h5py.File(path, "r") as h5:
-            return (
-                h5["features"][:],
-                h5["coords"][:],
-                dict(h5["coords"].attrs),
-                dict(h5["features"].attrs),
-            )
-    except (OSError, KeyError) as err:
-        raise ValueError(
-            f"{path}: not a readable feature file ({err}); extract its slide again "
-            "(`querent extract` / rule extract_features)."
-        ) from err
+from extractors.errors import SettingsError
+from extractors.io import atomic_path, read_coords, read_features
 
 
 def clam_coords_attrs(attrs: dict) -> dict:
@@ -73,7 +56,7 @@ def export_clam_features(
     features_path: str | Path, pt_path: str | Path, h5_path: str | Path
 ) -> None:
     """Write CLAM's ``pt_files/{slide}.pt`` and ``h5_files/{slide}.h5`` of one feature file."""
-    features, coords, coords_attrs, _ = _read_features(features_path)
+    features, coords, coords_attrs, _ = read_features(features_path)
     with atomic_path(pt_path) as tmp:
         torch.save(torch.from_numpy(features.astype(np.float32)), tmp)
     with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
@@ -97,7 +80,7 @@ def export_stamp(features_path: str | Path, out_path: str | Path) -> None:
     ``unit`` ("um"), ``tile_size_um`` (level-0 patch side in µm), ``tile_size_px`` (the side
     the encoder was fed), ``feat_type`` ("tile").
     """
-    features, coords, coords_attrs, feature_attrs = _read_features(features_path)
+    features, coords, coords_attrs, feature_attrs = read_features(features_path)
     encoder = str(feature_attrs["encoder"])
     fed_size = feature_attrs.get("input_size")
     if fed_size is None:
@@ -135,4 +118,4 @@ def export_file(fmt: str, features_path: str | Path, out_dir: str | Path) -> lis
         export_clam_features(features_path, pt, h5)
         export_clam_patches(features_path, patches)
         return [pt, h5, patches]
-    raise ValueError(f"unknown export format {fmt!r}; choose clam or stamp")
+    raise SettingsError(f"unknown export format {fmt!r}; choose clam or stamp")

@@ -11,17 +11,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from extractors.atomic import atomic_path
 from extractors.encoders.registry import Encoder, EncoderSpec
+from extractors.errors import FileFormatError, SettingsError, SlideError
+from extractors.io import read_coords, trident_magnifications, write_features
 from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks
-from extractors.wsi.reader import Slide, SlideError
-from extractors.wsi.tiling import read_coords, trident_magnifications
+from extractors.wsi.reader import Slide
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def check_same_slide(attrs: dict, slide: Slide, coords_path: str | Path) -> None
     found = (attrs.get("name"), int(attrs["level0_width"]), int(attrs["level0_height"]))
     expected = (slide.slide_id, *slide.dimensions)
     if found != expected:
-        raise ValueError(
+        raise FileFormatError(
             f"{coords_path} was made for slide {found[0]!r} of {found[1]} x {found[2]} px, but "
             f"the slide given is {expected[0]!r} of {expected[1]} x {expected[2]} px "
             f"({slide.path}); pass the matching coords file or tile this slide again."
@@ -110,7 +109,7 @@ def check_resolution(attrs: dict, spec: EncoderSpec, *, allow: bool, where: str)
         f"encoder {spec.name} at {seen:.3f} µm/px, but it expects {spec.native_mpp} µm/px."
     )
     if not allow:
-        raise ValueError(
+        raise SettingsError(
             f"{message} Fix: tile at target_mpp {spec.native_mpp} with patch_size about "
             f"{spec.resize_size or spec.input_size}, or set features.allow_mpp_mismatch "
             "(CLI --allow-mpp-mismatch) if you mean it."
@@ -169,22 +168,6 @@ def encode_patches(
                 features[indices.numpy()] = embeddings.float().cpu().numpy()
             progress.update(len(indices) + len(failed))
     return features, np.concatenate(skipped) if skipped else np.empty(0, np.int64)
-
-
-def write_features(
-    path: str | Path,
-    features: np.ndarray,
-    coords: np.ndarray,
-    coords_attrs: dict,
-    feature_attrs: dict,
-    skipped_coords: np.ndarray,
-) -> None:
-    """Write a features HDF5 (atomic): ``features`` (N, D) and ``coords`` (N, 2), rows aligned."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=features.astype(np.float32)).attrs.update(feature_attrs)
-        h5.create_dataset("coords", data=coords.astype(np.int64)).attrs.update(coords_attrs)
-        if len(skipped_coords):
-            h5.create_dataset("skipped_coords", data=skipped_coords.astype(np.int64))
 
 
 def extract_slide(

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from extractors.wsi.reader import Slide, SlideError
+from extractors.errors import SlideError
+from extractors.wsi.reader import Slide
 
 logger = logging.getLogger(__name__)
 

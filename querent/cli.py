@@ -7,20 +7,22 @@ import logging
 import sys
 
 from extractors import cli as slide_cli
-from extractors.errors import WeightsError
+from extractors.errors import QuerentError
 from extractors.logs import quiet_chatty_loggers
-from extractors.wsi.discovery import SlideDiscoveryError
-from extractors.wsi.reader import SlideError
 from querent.data import cli as data_cli
 
-#: Errors caused by the input; they get one line on stderr instead of a traceback.
-USER_ERRORS = (SlideError, SlideDiscoveryError, WeightsError, ValueError, OSError)
+#: Errors of the input or the machine (a missing file, a full disk); they get one line on
+#: stderr instead of a traceback. Anything else is a bug and shows its traceback.
+USER_ERRORS = (QuerentError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``querent`` argument parser with all subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    common.add_argument(
+        "--debug", action="store_true", help="log everything and show tracebacks of input errors"
+    )
     parser = argparse.ArgumentParser(
         prog="querent",
         description="Computational pathology pipeline: slides -> tissue -> patches -> models.",
@@ -35,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run a subcommand; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     quiet_chatty_loggers()
     try:
         args.func(args)
     except USER_ERRORS as err:
+        if args.debug:
+            raise
         message = " ".join(str(err).split())
         print(f"querent {args.command}: error: {message}", file=sys.stderr)
         return 1

@@ -94,8 +94,9 @@ def test_demo_writes_slides_and_cohort(tmp_path):
 
 
 def test_grid_round_trips_a_tiled_slide_and_skips_existing_outputs(cmu_slide, tmp_path, capsys):
-    from extractors.wsi.tiling import read_coords
-    from querent.data.grid import build_grid, read_grid
+    from extractors.io import read_coords
+    from querent.data.grid import build_grid
+    from querent.data.grid_files import read_grid
 
     assert main(["tile", str(cmu_slide), "-o", str(tmp_path)]) == 0
     coords_path = tmp_path / "cmu-1-small-region.h5"

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from extractors.errors import SettingsError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -99,7 +101,7 @@ def get_encoder_spec(name: str) -> EncoderSpec:
     """
     _load_entries()
     if name not in _REGISTRY:
-        raise ValueError(
+        raise SettingsError(
             f"unknown encoder {name!r}; valid encoders: {', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[name]

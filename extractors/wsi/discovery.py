@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from extractors.errors import SlideDiscoveryError
+
 #: Extensions of single-file or index-file formats that OpenSlide reads.
 SLIDE_EXTENSIONS = (
     ".svs",
@@ -28,10 +30,6 @@ SLIDE_EXTENSIONS = (
 )
 #: Slide ids become file names and wildcards: letters, digits, '.', '_' and '-' only.
 SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-
-
-class SlideDiscoveryError(ValueError):
-    """The slide input as a whole is unusable; the message says which files and how to fix."""
 
 
 @dataclass(frozen=True)

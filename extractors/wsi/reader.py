@@ -17,6 +17,7 @@ import numpy as np
 import openslide
 import tifffile
 
+from extractors.errors import SlideError
 from extractors.wsi.discovery import slide_id_from_path
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 #: Whole-slide reads are done in chunks of this many pixels per side at the read level.
 READ_CHUNK = 4096
 _TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".svslide", ".bif")
-
-
-class SlideError(Exception):
-    """A slide cannot be used; the message names the slide and the fix."""
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 
-from extractors.atomic import atomic_path
+from extractors import io
+from extractors.errors import SettingsError
 from extractors.wsi.reader import Slide
 from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_png
 
@@ -48,12 +48,12 @@ class TilingParams:
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or not 0 <= self.overlap < self.patch_size:
-            raise ValueError(
+            raise SettingsError(
                 f"need patch_size >= 1 and 0 <= overlap < patch_size, got patch_size="
                 f"{self.patch_size}, overlap={self.overlap}"
             )
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
-            raise ValueError(
+            raise SettingsError(
                 f"min_tissue_fraction must lie in [0, 1], got {self.min_tissue_fraction}"
             )
 
@@ -178,20 +178,6 @@ def params_hash(params: TilingParams, lattice: Lattice) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def trident_magnifications(
-    target_mpp: float, patch_size: int, patch_size_level0: int
-) -> tuple[float, float]:
-    """``(level0_magnification, target_magnification)`` as TRIDENT reads them.
-
-    TRIDENT reads ``patch_size * level0_magnification / target_magnification`` level-0 pixels
-    per patch, so the level-0 "magnification" must follow the patch geometry (from the MPP), not
-    the scanner's objective power: a 40x Aperio GT450 at 0.2632 µm/px tiled at 0.5 µm/px has
-    486-pixel patches, which TRIDENT would read as 512 with the label's 40.
-    """
-    target = 10.0 / target_mpp
-    return target * patch_size_level0 / patch_size, target
-
-
 def write_coords(
     path: str | Path,
     coords: np.ndarray,
@@ -205,7 +191,7 @@ def write_coords(
 
     Datasets: ``coords`` (N, 2) int64 level-0 top-left (x, y) and ``tissue_fraction`` (N,).
     """
-    level0_magnification, target_magnification = trident_magnifications(
+    level0_magnification, target_magnification = io.trident_magnifications(
         params.target_mpp, params.patch_size, lattice.patch_size_level0
     )
     attrs = {
@@ -233,26 +219,7 @@ def write_coords(
     }
     if slide.objective_power is not None:
         attrs["scanner_objective_power"] = slide.objective_power
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        dataset = h5.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
-        dataset.attrs.update(attrs)
-        h5.create_dataset("tissue_fraction", data=tissue_fraction.astype(np.float32))
-
-
-def read_coords(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Read a coords file: the (N, 2) int64 array and the ``coords`` attributes.
-
-    Raises:
-        ValueError: Not a readable coords file; the message says to tile the slide again.
-    """
-    try:
-        with h5py.File(path, "r") as h5:
-            dataset = h5["coords"]
-            return dataset[:], dict(dataset.attrs)
-    except (OSError, KeyError) as err:
-        raise ValueError(
-            f"{path}: not a readable coords file ({err}); run `querent tile` for its slide again."
-        ) from err
+    io.write_coords(path, coords, tissue_fraction, attrs)
 
 
 def tile_slide(

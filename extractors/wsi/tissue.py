@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from extractors.atomic import atomic_path
+from extractors.errors import FileFormatError, SettingsError
+from extractors.io import atomic_path
 from extractors.wsi.reader import Slide
 
 logger = logging.getLogger(__name__)
@@ -85,11 +86,11 @@ def tissue_params(preset: str = "resection", **overrides: object) -> TissueParam
         ValueError: Unknown preset or field (the message lists the valid ones).
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown tissue preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise SettingsError(f"unknown tissue preset {preset!r}; choose one of {sorted(PRESETS)}")
     known = {f.name for f in dataclasses.fields(TissueParams)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown tissue settings {unknown}; valid ones: {sorted(known)}")
+        raise SettingsError(f"unknown tissue settings {unknown}; valid ones: {sorted(known)}")
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
@@ -267,7 +268,7 @@ def read_geojson(path: str | Path) -> list[TissuePolygon]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable GeoJSON file ({err})") from err
+        raise FileFormatError(f"{path}: not a readable GeoJSON file ({err})") from err
     if isinstance(data, list):
         features = data
     elif data.get("type") == "FeatureCollection":

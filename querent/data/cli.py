@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from extractors.errors import SettingsError
+
 #: Region side in lattice cells when ``--region-size`` is not given (as in config.yaml).
 DEFAULT_REGION_SIZE = 4
 
@@ -14,11 +16,11 @@ def run_grid(args: argparse.Namespace) -> None:
     from querent.data.grid_files import write_slide_grid
 
     if args.region_size < 1:
-        raise ValueError(f"--region-size must be >= 1, got {args.region_size}")
+        raise SettingsError(f"--region-size must be >= 1, got {args.region_size}")
     outputs = [args.out_dir / f"{source.stem}.h5" for source in args.sources]
     if len(set(outputs)) < len(outputs):
         names = sorted({out.name for out in outputs if outputs.count(out) > 1})
-        raise ValueError(
+        raise SettingsError(
             f"several inputs are named {names}; their grids would overwrite each other"
         )
     for source, out in zip(args.sources, outputs, strict=True):

@@ -5,21 +5,17 @@ cells, so the region of a patch is integer division. Only regions with patches e
 
 Axes: ``n`` patches, ``r`` regions, ``s = region_size**2`` slots per region.
 
-Grids are cheap (one sort, milliseconds for 100k patches), so models build them when a slide is
-loaded: region size is a model setting, and a file per region size would only multiply the
-cache. ``querent grid`` and rule ``build_region_grid`` write the same structure for inspection
-and for other tools.
+Grids are cheap (one sort, milliseconds for 100k patches), so the data loader builds them when a
+slide is loaded: region size is a model setting, and a file per region size would only multiply
+the cache. ``querent grid`` and rule ``build_region_grid`` write the same structure for
+inspection and for other tools (:mod:`querent.data.grid_files`). Pure numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
-
-from extractors.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -104,11 +100,14 @@ def build_grid(coords: np.ndarray, step: int, region_size: int) -> RegionGrid:
             np.empty((0, s), np.int64),
         )
     region_xy = cells // region_size
-    # Row-major region keys; the width bound keeps them unique for any tissue shape.
-    width = int(region_xy[:, 0].max()) + 1
-    keys = region_xy[:, 1] * width + region_xy[:, 0]
+    # Row-major keys of the regions shifted to start at 0, so any integer cells (negative ones
+    # of a centred or augmented lattice too) give unique keys.
+    origin = region_xy.min(axis=0)
+    shifted = region_xy - origin
+    width = int(shifted[:, 0].max()) + 1
+    keys = shifted[:, 1] * width + shifted[:, 0]
     unique_keys, region_of_patch = np.unique(keys, return_inverse=True)
-    region_cells = np.stack([unique_keys % width, unique_keys // width], axis=1)
+    region_cells = np.stack([unique_keys % width, unique_keys // width], axis=1) + origin
     members = np.argsort(region_of_patch, kind="stable")
     counts = np.bincount(region_of_patch, minlength=len(unique_keys))
     offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -126,23 +125,3 @@ def build_grid(coords: np.ndarray, step: int, region_size: int) -> RegionGrid:
         members.astype(np.int64),
         slots,
     )
-
-
-def write_grid(path: str | Path, grid: RegionGrid, **attrs: object) -> None:
-    """Write a grid to HDF5 (atomic); ``attrs`` (e.g. slide name, step) go on the file."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        for name in ("region_of_patch", "region_cells", "offsets", "members", "slots"):
-            h5.create_dataset(name, data=getattr(grid, name))
-        h5.attrs.update({"region_size": grid.region_size, **attrs})
-
-
-def read_grid(path: str | Path) -> RegionGrid:
-    """Read a grid written by :func:`write_grid`."""
-    with h5py.File(path, "r") as h5:
-        return RegionGrid(
-            int(h5.attrs["region_size"]),
-            *(
-                h5[name][:]
-                for name in ("region_of_patch", "region_cells", "offsets", "members", "slots")
-            ),
-        )

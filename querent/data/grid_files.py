@@ -10,8 +10,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from extractors.wsi.tiling import read_coords
-from querent.data.grid import RegionGrid, build_grid, write_grid
+import h5py
+
+from extractors.errors import FileFormatError
+from extractors.io import atomic_path, lattice_step, read_coords
+from querent.data.grid import RegionGrid, build_grid
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +36,6 @@ class GridSummary:
     mean_fill: float
 
 
-def lattice_step(attrs: dict, source: str | Path) -> int:
-    """Level-0 lattice step of a coords file's attributes.
-
-    Files from other tools (CLAM, TRIDENT) lack ``step_level0``; without overlap their step is
-    the level-0 patch size.
-
-    Raises:
-        ValueError: The step cannot be told from the attributes.
-    """
-    if "step_level0" in attrs:
-        return int(attrs["step_level0"])
-    if "patch_size_level0" in attrs and int(attrs.get("overlap", 0)) == 0:
-        return int(attrs["patch_size_level0"])
-    raise ValueError(
-        f"{source}: its coords carry neither step_level0 nor patch_size_level0 without overlap, "
-        "so the patch lattice is unknown; tile the slide with `querent tile`."
-    )
-
-
 def grid_of_file(source: str | Path, region_size: int) -> tuple[RegionGrid, dict]:
     """Build the grid of a coords or features file.
 
@@ -65,11 +49,11 @@ def grid_of_file(source: str | Path, region_size: int) -> tuple[RegionGrid, dict
             message names the file.
     """
     coords, attrs = read_coords(source)
-    step = lattice_step(attrs, source)
+    step = lattice_step(attrs, coords, source)
     try:
         grid = build_grid(coords, step, region_size)
     except ValueError as err:
-        raise ValueError(f"{source}: {err}") from err
+        raise FileFormatError(f"{source}: {err}") from err
     record = {
         "slide": str(attrs.get("name", Path(source).stem)),
         "step_level0": step,
@@ -111,3 +95,23 @@ def write_slide_grid(source: str | Path, out: str | Path, region_size: int) -> G
         out,
     )
     return summary
+
+
+def write_grid(path: str | Path, grid: RegionGrid, **attrs: object) -> None:
+    """Write a grid to HDF5 (atomic); ``attrs`` (e.g. slide name, step) go on the file."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for name in ("region_of_patch", "region_cells", "offsets", "members", "slots"):
+            h5.create_dataset(name, data=getattr(grid, name))
+        h5.attrs.update({"region_size": grid.region_size, **attrs})
+
+
+def read_grid(path: str | Path) -> RegionGrid:
+    """Read a grid written by :func:`write_grid`."""
+    with h5py.File(path, "r") as h5:
+        return RegionGrid(
+            int(h5.attrs["region_size"]),
+            *(
+                h5[name][:]
+                for name in ("region_of_patch", "region_cells", "offsets", "members", "slots")
+            ),
+        )

@@ -19,6 +19,7 @@ from extractors.exports import (
     stamp_extractor_name,
 )
 from extractors.extract import ExtractionOptions, extract_slide
+from extractors.io import read_coords
 from extractors.patches import PatchBlocks, PatchGeometry
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide
@@ -103,7 +104,7 @@ def test_trident_and_clam_read_what_we_encode(
     cmu_3level_slide, tmp_path, target_mpp, patch_size, level, resized
 ):
     coords_path = _tile(cmu_3level_slide, tmp_path, target_mpp=target_mpp, patch_size=patch_size)
-    coords, ours = tiling.read_coords(coords_path)
+    coords, ours = read_coords(coords_path)
     assert ours["patch_level"] == level and (ours["read_size"] != patch_size) == resized
     assert abs(trident_level0_side(ours) - ours["patch_size_level0"]) <= 1
 

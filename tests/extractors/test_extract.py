@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from extractors.encoders import create_encoder
+from extractors.errors import FileFormatError, SettingsError, SlideError
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.wsi import tiling, tissue
-from extractors.wsi.reader import Slide, SlideError
+from extractors.wsi.reader import Slide
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_features_match_encoding_patches_by_hand(lite0, cmu_coords, tmp_path):
 
 def test_coords_of_another_slide_are_refused(lite0, cmu_coords, cmu_3level_slide, tmp_path):
     _, coords_path = cmu_coords
-    with pytest.raises(ValueError, match="was made for slide 'cmu-1-small-region'"):
+    with pytest.raises(FileFormatError, match="was made for slide 'cmu-1-small-region'"):
         extract_slide(cmu_3level_slide, coords_path, lite0, tmp_path / "f.h5")
     assert not (tmp_path / "f.h5").exists()
 
@@ -129,7 +130,7 @@ def test_resolution_mismatch_is_refused_unless_allowed(lite0, cmu_3level_slide, 
             tmp_path / "c.h5",
             tmp_path / "c.png",
         )
-    with pytest.raises(ValueError, match="allow_mpp_mismatch"):
+    with pytest.raises(SettingsError, match="allow_mpp_mismatch"):
         extract_slide(cmu_3level_slide, tmp_path / "c.h5", lite0, tmp_path / "f.h5")
     allowed = ExtractionOptions(allow_mpp_mismatch=True, num_workers=0)
     n = extract_slide(

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from extractors.wsi.tiling import read_coords
-from querent.data.grid import build_grid, read_grid
+from extractors.io import read_coords
+from querent.data.grid import build_grid
+from querent.data.grid_files import read_grid
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,9 @@ from snakemake.utils import validate
 
 from extractors.demo import demo_cohort
 from extractors.encoders import list_encoders
+from extractors.errors import SlideDiscoveryError
 from extractors.wsi.discovery import (
     SLIDE_ID_PATTERN,
-    SlideDiscoveryError,
     SlideEntry,
     discover_slides,
     read_slide_sheet,

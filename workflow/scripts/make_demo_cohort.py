@@ -1,7 +1,7 @@
 """Snakemake adapter: write the demo cohort sheet."""
 
-from extractors.atomic import atomic_path
 from extractors.demo import demo_cohort
+from extractors.io import atomic_path
 from extractors.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,7 @@
 import pytest
 
+from extractors.errors import SlideDiscoveryError
 from extractors.wsi.discovery import (
-    SlideDiscoveryError,
     discover_slides,
     read_slide_sheet,
     slide_id_from_path,

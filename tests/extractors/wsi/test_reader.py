@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from extractors.wsi.reader import Slide, SlideError, resolve_mpp
+from extractors.errors import SlideError
+from extractors.wsi.reader import Slide, resolve_mpp
 
 
 def test_cmu_mpp_from_openslide_metadata(cmu_slide):

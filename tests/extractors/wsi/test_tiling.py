@@ -3,6 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
+from extractors.io import read_coords
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide
 
@@ -26,7 +27,7 @@ def _tile_file(slide_path, tmp_path, **params):
         tiling.tile_slide(
             slide, polygons, tiling.TilingParams(**params), tmp_path / "c.h5", tmp_path / "c.png"
         )
-    return tiling.read_coords(tmp_path / "c.h5")
+    return read_coords(tmp_path / "c.h5")
 
 
 def test_cmu_patches_lie_on_the_lattice(cmu_slide, tmp_path):

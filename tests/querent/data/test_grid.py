@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from querent.data.grid import build_grid, read_grid, write_grid
-from querent.data.grid_files import grid_of_file, write_slide_grid
+from extractors.errors import FileFormatError
+from querent.data.grid import build_grid
+from querent.data.grid_files import grid_of_file, read_grid, write_grid, write_slide_grid
 
 
 def _random_tissue(rng, n_cells=400, extent=60):
@@ -57,6 +58,22 @@ def test_off_lattice_and_duplicate_coords_are_refused():
         build_grid(np.array([[0, 0], [0, 0]]), 256, 4)
 
 
+def test_negative_cells_never_merge_distant_regions():
+    # Keys row * width + col with width = max col + 1 put (-2, 2) and (11, 1) in one region.
+    grid = build_grid(np.array([[-2, 2], [11, 1]]), 1, 2)
+    assert grid.n_regions == 2
+    assert grid.region_cells.tolist() == [[5, 0], [-1, 1]]
+
+
+def test_a_centred_lattice_groups_like_the_shifted_one():
+    cells = _random_tissue(np.random.default_rng(3))
+    centred = cells - cells.mean(axis=0).round().astype(np.int64)
+    shift = 4 * (centred.min(axis=0) // 4)  # a whole number of regions
+    a, b = build_grid(centred, 1, 4), build_grid(centred - shift, 1, 4)
+    np.testing.assert_array_equal(a.slots, b.slots)
+    np.testing.assert_array_equal(a.region_cells - shift // 4, b.region_cells)
+
+
 def test_empty_slide_gives_an_empty_grid():
     grid = build_grid(np.empty((0, 2), np.int64), 256, 4)
     assert grid.n_regions == 0 and grid.slots.shape == (0, 16)
@@ -99,19 +116,26 @@ def test_grid_file_step_falls_back_to_the_patch_size_without_overlap(tmp_path):
     assert attrs["step_level0"] == 512 and attrs["slide"] == "trident"
     assert grid.region_of_patch.tolist() == [0, 0]
     _write_coords(tmp_path / "overlap.h5", [[0, 0]], patch_size_level0=512, overlap=64)
-    with pytest.raises(ValueError, match="overlap.h5.*lattice is unknown"):
+    with pytest.raises(FileFormatError, match="overlap.h5.*lattice is unknown"):
         grid_of_file(tmp_path / "overlap.h5", 2)
+
+
+def test_grid_file_step_is_inferred_from_clam_coords_without_attributes(tmp_path, caplog):
+    _write_coords(tmp_path / "clam.h5", [[512, 256], [768, 256], [512, 768]])
+    with caplog.at_level("INFO"):
+        _, attrs = grid_of_file(tmp_path / "clam.h5", 2)
+    assert attrs["step_level0"] == 256 and "inferred" in caplog.text
 
 
 def test_grid_file_errors_name_the_file(tmp_path):
     _write_coords(tmp_path / "off.h5", [[0, 0], [100, 0]], step_level0=256)
-    with pytest.raises(ValueError, match="off.h5: coordinate"):
+    with pytest.raises(FileFormatError, match="off.h5: coordinate"):
         grid_of_file(tmp_path / "off.h5", 4)
     with h5py.File(tmp_path / "nocoords.h5", "w") as h5:
         h5.create_dataset("features", data=np.zeros((1, 2)))
-    with pytest.raises(ValueError, match="nocoords.h5"):
+    with pytest.raises(FileFormatError, match="nocoords.h5"):
         grid_of_file(tmp_path / "nocoords.h5", 4)
-    with pytest.raises(ValueError, match="missing.h5"):
+    with pytest.raises(FileFormatError, match="missing.h5"):
         grid_of_file(tmp_path / "missing.h5", 4)
     assert not list(tmp_path.glob("*.tmp"))
 

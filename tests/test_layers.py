@@ -1,0 +1,53 @@
+"""The import floors of ../shared/DESIGN.md, checked in fresh interpreters."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _loaded(*modules: str) -> set[str]:
+    """Top-level and package names that importing ``modules`` loads."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {list(modules)!r}: importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return set(json.loads(out))
+
+
+def _hits(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+@pytest.mark.parametrize(
+    ("modules", "forbidden"),
+    [
+        (("querent.models", "querent.layers"), ("h5py", "openslide", "cv2", "extractors")),
+        (("querent.data.grid",), ("h5py", "torch", "openslide", "cv2", "extractors")),
+        (("querent.engine",), ("openslide", "cv2", "extractors.wsi", "extractors.encoders")),
+        (("querent.data",), ("openslide", "cv2", "extractors.wsi", "extractors.encoders")),
+        (("extractors.io", "extractors.errors"), ("torch", "openslide", "cv2", "querent")),
+    ],
+)
+def test_lower_floors_load_nothing_from_above(modules, forbidden):
+    assert _hits(_loaded(*modules), forbidden) == []
+
+
+def test_extractors_never_import_querent():
+    loaded = _loaded(
+        "extractors.cli",
+        "extractors.extract",
+        "extractors.exports",
+        "extractors.demo",
+        "extractors.encoders",
+        "extractors.wsi.tiling",
+    )
+    assert "extractors.wsi.reader" in loaded  # the check itself reaches the slide code
+    assert _hits(loaded, ("querent",)) == []
