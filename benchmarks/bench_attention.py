@@ -141,7 +141,9 @@ def decaying_error(model, cells, rows) -> float:
         k,
         v,
         layout,
-        QuestScorer().prepare(None, q, k, layout),
+        QuestScorer(dim=q.shape[1] * q.shape[2], heads=q.shape[1], head_dim=q.shape[2]).prepare(
+            None, q, k, layout
+        ),
         top_k=attention.top_k,
         selection=attention.selection,
     )
@@ -154,7 +156,7 @@ def worker(variant: str, n: int, device: torch.device) -> dict:
     if name == "querent":
         settings = {**settings, "region_size": REGION, "top_k": TOP_K}
     torch.manual_seed(0)
-    model = create_model(name, in_dim=IN_DIM, n_classes=2, dim=DIM, heads=HEADS, **settings)
+    model = create_model(name, in_dim=IN_DIM, n_outputs=2, dim=DIM, heads=HEADS, **settings)
     model.to(device)
     g = torch.Generator().manual_seed(0)
     warm_cells = disk_of_cells(2048)

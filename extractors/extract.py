@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from extractors.encoders.registry import Encoder, EncoderSpec
+from extractors.encoders import Encoder, EncoderSpec
 from extractors.errors import FileFormatError, SettingsError, SlideError
 from extractors.io import read_coords, trident_magnifications, write_features
 from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks

@@ -31,7 +31,7 @@ from torch import nn
 from extractors.encoders.registry import EncoderSpec
 from extractors.errors import WeightsError
 
-__all__ = ["WeightsError", "load_weights", "locate_weights", "read_state_dict", "weights_env_var"]
+__all__ = ["load_weights", "locate_weights", "read_state_dict", "weights_env_var"]
 
 logger = logging.getLogger(__name__)
 

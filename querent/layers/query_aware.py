@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from querent.layers.regions import RegionLayout, from_regions, region_mean, to_regions
-from querent.layers.scorers import SCORERS, Scoring, make_scorer
+from querent.layers.scorers import Scoring, make_scorer
 
 SELECTIONS = ("patch", "region")
 
@@ -346,8 +346,6 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None (all regions), got {top_k}")
-        if scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {scorer!r}; choose one of: {', '.join(SCORERS)}")
         if selection not in SELECTIONS:
             raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
         if chunk_size < 1:

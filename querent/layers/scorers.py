@@ -27,8 +27,6 @@ from torch import nn
 
 from querent.layers.regions import RegionLayout, region_mean, region_min_max
 
-SCORERS = ("quest", "learned", "mean", "random")
-
 
 @dataclass(frozen=True)
 class Scoring:
@@ -47,7 +45,16 @@ class Scoring:
 
 
 class RegionScorer(nn.Module):
-    """Base class of scorers."""
+    """Base class of scorers; every scorer is built from the attention layer's sizes.
+
+    Args:
+        dim: Input features of the attention layer.
+        heads: Attention heads (one score per head).
+        head_dim: Features per head of the queries and keys.
+    """
+
+    def __init__(self, *, dim: int, heads: int, head_dim: int) -> None:
+        super().__init__()
 
     def prepare(
         self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, layout: RegionLayout
@@ -123,15 +130,15 @@ class LearnedScorer(RegionScorer):
     Args:
         dim: Input features of the attention layer.
         heads: Attention heads (one score per head).
-        score_dim: Features of the scoring space per head.
+        head_dim: Features of the scoring space per head (that of the queries and keys).
     """
 
-    def __init__(self, *, dim: int, heads: int, score_dim: int) -> None:
-        super().__init__()
+    def __init__(self, *, dim: int, heads: int, head_dim: int) -> None:
+        super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         self.heads = heads
-        self.q_hat = nn.Linear(dim, heads * score_dim, bias=False)
-        self.f_min = nn.Linear(dim, heads * score_dim)
-        self.f_max = nn.Linear(dim, heads * score_dim)
+        self.q_hat = nn.Linear(dim, heads * head_dim, bias=False)
+        self.f_min = nn.Linear(dim, heads * head_dim)
+        self.f_max = nn.Linear(dim, heads * head_dim)
 
     def prepare(self, x, q, k, layout):  # noqa: D102
         x_min, x_max = region_min_max(x, layout)
@@ -153,14 +160,17 @@ class LearnedScorer(RegionScorer):
         return Scoring(queries, score_all, score_selected)
 
 
+#: Scorers by name: the one place that lists them.
+SCORERS: dict[str, type[RegionScorer]] = {
+    "quest": QuestScorer,
+    "learned": LearnedScorer,
+    "mean": MeanScorer,
+    "random": RandomScorer,
+}
+
+
 def make_scorer(name: str, *, dim: int, heads: int, head_dim: int) -> RegionScorer:
-    """Build a scorer by name (one of :data:`SCORERS`)."""
-    if name == "quest":
-        return QuestScorer()
-    if name == "mean":
-        return MeanScorer()
-    if name == "random":
-        return RandomScorer()
-    if name == "learned":
-        return LearnedScorer(dim=dim, heads=heads, score_dim=head_dim)
-    raise ValueError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}")
+    """Build a scorer by name (a key of :data:`SCORERS`)."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}")
+    return SCORERS[name](dim=dim, heads=heads, head_dim=head_dim)

@@ -5,7 +5,6 @@ Axes: ``n`` patches, ``d`` features.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from querent.layers.pooling import GatedAttentionPool
@@ -21,7 +20,7 @@ class ABMIL(MILModel):
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs.
+        n_outputs: Head outputs.
         dim: Patch embedding size, also the slide embedding size.
         attention_dim: Hidden size of the gated attention network.
         dropout: Dropout after the patch embedding and inside the attention network.
@@ -31,7 +30,7 @@ class ABMIL(MILModel):
         self,
         *,
         in_dim: int,
-        n_classes: int,
+        n_outputs: int,
         dim: int = 256,
         attention_dim: int = 128,
         dropout: float = 0.0,
@@ -40,11 +39,11 @@ class ABMIL(MILModel):
             raise ValueError(f"dim and attention_dim must be >= 1, got {dim} and {attention_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         self.attention_pool = GatedAttentionPool(dim=dim, hidden=attention_dim, dropout=dropout)
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
-        """Attention-weighted mean of the embedded patches; ``cells`` is unused."""
+    def forward_bag(self, features, cells, grid):
+        """Attention-weighted mean of the embedded patches; ``cells`` and ``grid`` are unused."""
         embedding, attention = self.attention_pool(self.embed(features))
         return MILOutput(embedding=embedding, attention=attention)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from querent.data.grid import RegionGrid
+
 
 @dataclass(frozen=True)
 class MILOutput:
@@ -23,7 +25,7 @@ class MILOutput:
     Attributes:
         embedding: (d,) slide embedding fed to the head.
         attention: (n,) pooling weight of every patch (0 on padded rows), for heatmaps.
-        logits: (n_classes,) head output; None from ``forward_features``.
+        logits: (n_outputs,) head output; None from ``forward_features``.
         selected: (h, n, k) regions each patch attended to in the last query-aware layer (-1 on
             padded rows), or None for models without region selection.
         region_of_patch: (n,) region index of every patch (-1 on padded rows), the key to
@@ -38,33 +40,60 @@ class MILOutput:
 
 
 class MILModel(nn.Module):
-    """Base class: subclasses implement :meth:`pool` on a bag without padding.
+    """Base class: subclasses implement :meth:`forward_bag` on a bag without padding.
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs (classes, survival time bins, or 1 for a Cox risk).
+        n_outputs: Head outputs (classes, survival time bins, or 1 for a Cox risk).
         embed_dim: Size of the slide embedding the head reads.
+
+    Attributes:
+        region_size: Lattice cells per region side for models that group patches into regions
+            (their data loader builds each bag's grid with it), None for the others.
     """
 
-    def __init__(self, *, in_dim: int, n_classes: int, embed_dim: int) -> None:
-        super().__init__()
-        if in_dim < 1 or n_classes < 1:
-            raise ValueError(f"in_dim and n_classes must be >= 1, got {in_dim} and {n_classes}")
-        self.in_dim, self.n_classes = in_dim, n_classes
-        self.head = nn.Linear(embed_dim, n_classes)
+    region_size: int | None = None
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
-        """Slide embedding and per-patch outputs of a bag without padding."""
+    def __init__(self, *, in_dim: int, n_outputs: int, embed_dim: int) -> None:
+        super().__init__()
+        if in_dim < 1 or n_outputs < 1:
+            raise ValueError(f"in_dim and n_outputs must be >= 1, got {in_dim} and {n_outputs}")
+        self.in_dim, self.n_outputs = in_dim, n_outputs
+        self.head = nn.Linear(embed_dim, n_outputs)
+
+    def forward_bag(
+        self, features: torch.Tensor, cells: torch.Tensor, grid: RegionGrid | None
+    ) -> MILOutput:
+        """The whole forward pass of a bag without padding, up to the slide embedding.
+
+        Args:
+            features: (n, in_dim) patch features.
+            cells: (n, 2) integer lattice cells.
+            grid: The bag's region grid (models with a ``region_size``); None: built here.
+        """
         raise NotImplementedError
 
     def forward_features(
-        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        cells: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        grid: RegionGrid | None = None,
     ) -> MILOutput:
-        """Embed one bag; ``logits`` is left None."""
-        self._check_bag(features, cells, mask)
+        """Embed one bag; ``logits`` is left None.
+
+        Args:
+            features: (n, in_dim) patch features.
+            cells: (n, 2) integer lattice cells (any integers: centred or shifted cells too).
+            mask: (n,) False on padded rows.
+            grid: Region grid of the unpadded rows, built by the data loader with
+                ``build_grid(cells, 1, model.region_size)`` so that ``forward`` needs no host
+                round trip; None: the model builds it.
+        """
+        self._check_bag(features, cells, mask, grid)
         if mask is None:
-            return self.pool(features, cells)
-        out = self.pool(features[mask], cells[mask])
+            return self.forward_bag(features, cells, grid)
+        out = self.forward_bag(features[mask], cells[mask], grid)
         attention = features.new_zeros(len(features))
         attention[mask] = out.attention
         selected = region_of_patch = None
@@ -78,18 +107,26 @@ class MILModel(nn.Module):
         return replace(out, attention=attention, selected=selected, region_of_patch=region_of_patch)
 
     def forward_head(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(n_classes,) logits of a slide embedding."""
+        """(n_outputs,) logits of a slide embedding."""
         return self.head(embedding)
 
     def forward(
-        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        cells: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        grid: RegionGrid | None = None,
     ) -> MILOutput:
-        """Embed one bag and apply the head."""
-        out = self.forward_features(features, cells, mask)
+        """Embed one bag and apply the head (arguments as in :meth:`forward_features`)."""
+        out = self.forward_features(features, cells, mask, grid)
         return replace(out, logits=self.forward_head(out.embedding))
 
     def _check_bag(
-        self, features: torch.Tensor, cells: torch.Tensor, mask: torch.Tensor | None
+        self,
+        features: torch.Tensor,
+        cells: torch.Tensor,
+        mask: torch.Tensor | None,
+        grid: RegionGrid | None,
     ) -> None:
         if features.ndim != 2 or features.shape[1] != self.in_dim:
             raise ValueError(
@@ -100,8 +137,18 @@ class MILModel(nn.Module):
                 f"cells must be (n, 2) lattice cells matching {len(features)} patches, "
                 f"got {tuple(cells.shape)}"
             )
+        if cells.dtype == torch.bool or cells.is_floating_point() or cells.is_complex():
+            raise TypeError(f"cells must be integer lattice cells, got dtype {cells.dtype}")
         if mask is not None and (mask.shape != (len(features),) or mask.dtype != torch.bool):
             raise ValueError(f"mask must be a bool tensor of shape ({len(features)},)")
         n_valid = len(features) if mask is None else int(mask.sum())
         if n_valid == 0:
             raise ValueError("the bag has no patches; slides without tissue cannot be classified")
+        if grid is not None and (
+            grid.region_size != self.region_size or len(grid.region_of_patch) != n_valid
+        ):
+            raise ValueError(
+                f"grid must be of the {n_valid} unpadded patches with region_size "
+                f"{self.region_size}, got {len(grid.region_of_patch)} patches and region_size "
+                f"{grid.region_size}"
+            )

@@ -5,7 +5,6 @@ Axes: ``n`` patches, ``d`` features.
 
 from __future__ import annotations
 
-import torch
 from einops import reduce
 from torch import nn
 
@@ -20,19 +19,19 @@ class _EmbedAndReduce(MILModel):
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs.
+        n_outputs: Head outputs.
         dim: Patch embedding size, also the slide embedding size.
         dropout: Dropout after the patch embedding.
     """
 
     def __init__(
-        self, *, in_dim: int, n_classes: int, dim: int = 256, dropout: float = 0.0
+        self, *, in_dim: int, n_outputs: int, dim: int = 256, dropout: float = 0.0
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
 
 
@@ -40,8 +39,8 @@ class _EmbedAndReduce(MILModel):
 class MeanPool(_EmbedAndReduce):
     """Mean of the embedded patches; every patch gets attention ``1 / n``."""
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
-        """Mean over patches; ``cells`` is unused."""
+    def forward_bag(self, features, cells, grid):
+        """Mean over patches; ``cells`` and ``grid`` are unused."""
         embedding = reduce(self.embed(features), "n d -> d", "mean")
         attention = features.new_full((len(features),), 1.0 / len(features))
         return MILOutput(embedding=embedding, attention=attention)
@@ -56,8 +55,8 @@ class MaxPool(_EmbedAndReduce):
     and does not depend on patch order.
     """
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
-        """Max over patches; ``cells`` is unused."""
+    def forward_bag(self, features, cells, grid):
+        """Max over patches; ``cells`` and ``grid`` are unused."""
         x = self.embed(features)
         embedding = reduce(x, "n d -> d", "max")
         is_max = (x == embedding).to(x.dtype)

@@ -1,4 +1,4 @@
-"""Models by name: ``create_model("querent", in_dim=1024, n_classes=2)``."""
+"""Models by name: ``create_model("querent", in_dim=1024, n_outputs=2)``."""
 
 from __future__ import annotations
 

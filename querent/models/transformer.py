@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from querent.data.grid import build_grid
+from querent.data.grid import RegionGrid, build_grid
 from querent.layers.block import PreNormBlock
 from querent.layers.pooling import GatedAttentionPool
 from querent.layers.positional import sincos_2d
@@ -28,7 +28,7 @@ class TransformerMIL(MILModel):
         self,
         *,
         in_dim: int,
-        n_classes: int,
+        n_outputs: int,
         dim: int,
         depth: int,
         attention: list[nn.Module],
@@ -36,7 +36,7 @@ class TransformerMIL(MILModel):
         positional: bool,
         dropout: float,
     ) -> None:
-        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         if depth < 1 or mlp_ratio <= 0:
             raise ValueError(f"depth and mlp_ratio must be positive, got {depth} and {mlp_ratio}")
         if positional and dim % 4:
@@ -50,12 +50,12 @@ class TransformerMIL(MILModel):
         self.norm = nn.LayerNorm(dim)
         self.pool_patches = GatedAttentionPool(dim=dim, dropout=dropout)
 
-    def layout(self, cells: torch.Tensor) -> RegionLayout | None:
+    def layout(self, cells: torch.Tensor, grid: RegionGrid | None) -> RegionLayout | None:
         """Region layout the blocks need (None for dense attention)."""
         return None
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:  # noqa: D102
-        layout = self.layout(cells)
+    def forward_bag(self, features, cells, grid):  # noqa: D102
+        layout = self.layout(cells, grid)
         x = self.embed(features)
         if self.positional:
             x = x + sincos_2d(cells, x.shape[-1]).to(x.dtype)
@@ -73,7 +73,7 @@ class Querent(TransformerMIL):
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs.
+        n_outputs: Head outputs.
         dim: Model features.
         heads: Attention heads.
         depth: Transformer blocks.
@@ -92,7 +92,7 @@ class Querent(TransformerMIL):
         self,
         *,
         in_dim: int,
-        n_classes: int,
+        n_outputs: int,
         dim: int = 256,
         heads: int = 4,
         depth: int = 1,
@@ -120,7 +120,7 @@ class Querent(TransformerMIL):
         ]
         super().__init__(
             in_dim=in_dim,
-            n_classes=n_classes,
+            n_outputs=n_outputs,
             dim=dim,
             depth=depth,
             attention=attention,
@@ -128,11 +128,12 @@ class Querent(TransformerMIL):
             positional=positional,
             dropout=dropout,
         )
-        self.region_size = region_size
+        self.region_size = region_size  # the data loader builds grids with it
 
-    def layout(self, cells: torch.Tensor) -> RegionLayout:
-        """Group the patches into regions of ``region_size`` cells a side (milliseconds)."""
-        grid = build_grid(cells.cpu().numpy(), 1, self.region_size)
+    def layout(self, cells: torch.Tensor, grid: RegionGrid | None) -> RegionLayout:
+        """The bag's regions of ``region_size`` cells a side, from its grid or built here."""
+        if grid is None:
+            grid = build_grid(cells.cpu().numpy(), 1, self.region_size)
         return RegionLayout.from_grid(grid, cells.device)
 
 
@@ -142,7 +143,7 @@ class FullAttention(TransformerMIL):
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs.
+        n_outputs: Head outputs.
         dim: Model features.
         heads: Attention heads.
         depth: Transformer blocks.
@@ -155,7 +156,7 @@ class FullAttention(TransformerMIL):
         self,
         *,
         in_dim: int,
-        n_classes: int,
+        n_outputs: int,
         dim: int = 256,
         heads: int = 4,
         depth: int = 1,
@@ -165,7 +166,7 @@ class FullAttention(TransformerMIL):
     ) -> None:
         super().__init__(
             in_dim=in_dim,
-            n_classes=n_classes,
+            n_outputs=n_outputs,
             dim=dim,
             depth=depth,
             attention=[

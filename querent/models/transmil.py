@@ -119,20 +119,20 @@ class TransMIL(MILModel):
 
     Args:
         in_dim: Patch feature size.
-        n_classes: Head outputs.
+        n_outputs: Head outputs.
         dim: Token features, also the slide embedding size; Nyström landmarks are ``dim // 2``.
         heads: Attention heads; must divide ``dim``.
         dropout: Dropout on each attention output.
     """
 
     def __init__(
-        self, *, in_dim: int, n_classes: int, dim: int = 512, heads: int = 8, dropout: float = 0.0
+        self, *, in_dim: int, n_outputs: int, dim: int = 512, heads: int = 8, dropout: float = 0.0
     ) -> None:
         if dim < 2 or heads < 1 or dim % heads:
             raise ValueError(f"dim must be >= 2 and divisible by heads, got {dim} and {heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        super().__init__(in_dim=in_dim, n_classes=n_classes, embed_dim=dim)
+        super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU())
         self.class_token = nn.Parameter(torch.randn(1, 1, dim))
         self.layer1 = TransLayer(dim=dim, heads=heads, dropout=dropout)
@@ -140,7 +140,7 @@ class TransMIL(MILModel):
         self.layer2 = TransLayer(dim=dim, heads=heads, dropout=dropout)
         self.norm = nn.LayerNorm(dim)
 
-    def pool(self, features: torch.Tensor, cells: torch.Tensor) -> MILOutput:
+    def forward_bag(self, features, cells, grid):
         """Class token after both layers, and its attention over the patches."""
         order = lattice_order(cells)
         side = math.isqrt(len(order) - 1) + 1  # ceil(sqrt(n))

@@ -35,7 +35,9 @@ def _dense(q, k, v):
 
 
 def _quest(q, k, layout):
-    return QuestScorer().prepare(None, q, k, layout)
+    return QuestScorer(dim=q.shape[1] * q.shape[2], heads=q.shape[1], head_dim=q.shape[2]).prepare(
+        None, q, k, layout
+    )
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from querent.data.grid import build_grid
 from querent.models import create_model, list_models
 
 IN_DIM, N_CLASSES = 12, 3
@@ -54,7 +55,7 @@ def test_every_registered_model_is_covered():
 def _model(case, seed=0):
     name, settings = CASES[case]
     torch.manual_seed(seed)
-    model = create_model(name, in_dim=IN_DIM, n_classes=N_CLASSES, **settings)
+    model = create_model(name, in_dim=IN_DIM, n_outputs=N_CLASSES, **settings)
     return model.double().eval()
 
 
@@ -124,6 +125,43 @@ def test_padding_with_mask_equals_no_padding(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_a_precomputed_grid_equals_the_built_one(name):
+    model = _model(name)
+    features, cells = _bag(40, seed=8)
+    grid = None
+    if model.region_size is not None:
+        grid = build_grid(cells.numpy(), 1, model.region_size)
+    with torch.no_grad():
+        out = model(features, cells)
+        given = model(features, cells, grid=grid)
+    torch.testing.assert_close(given.logits, out.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_centred_cells_work_like_shifted_ones(name):
+    # A centred lattice has negative cells; shifting by whole regions changes nothing.
+    model = _model(name)
+    features, cells = _bag(40, seed=9)
+    centred = cells - 12
+    with torch.no_grad():
+        out = model(features, cells)
+        shifted = model(features, centred)
+    if name == "transmil" or CASES[name][1].get("positional"):
+        assert torch.isfinite(shifted.logits).all()  # they see absolute positions
+    else:
+        torch.testing.assert_close(shifted.logits, out.logits, rtol=0, atol=1e-9)
+
+
+def test_cells_must_be_integers_and_grids_must_fit():
+    model = _model("querent-quest")
+    features, cells = _bag(10, seed=10)
+    with pytest.raises(TypeError, match="integer"):
+        model(features, cells.double())
+    with pytest.raises(ValueError, match="region_size 2"):
+        model(features, cells, grid=build_grid(cells.numpy(), 1, 3))
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("n", [1, 7, 40])
 def test_attention_is_a_distribution_over_real_patches(name, n):
     model = _model(name)
@@ -144,7 +182,7 @@ def test_mean_pool_attention_is_uniform():
 
 
 def test_max_pool_attention_shares_tied_channels():
-    model = create_model("max_pool", in_dim=3, n_classes=2, dim=3).double()
+    model = create_model("max_pool", in_dim=3, n_outputs=2, dim=3).double()
     with torch.no_grad():
         model.embed[0].weight.copy_(torch.eye(3))
         model.embed[0].bias.zero_()
@@ -185,7 +223,7 @@ def test_every_parameter_gets_a_gradient(name):
         ("transmil", {"dim": 1, "heads": 1}),
         ("transmil", {"dropout": 1.0}),
         ("abmil", {"in_dim": 0}),
-        ("transmil", {"n_classes": 0}),
+        ("transmil", {"n_outputs": 0}),
         ("querent", {"top_k": 0}),
         ("querent", {"region_size": 0}),
         ("querent", {"scorer": "best"}),
@@ -196,7 +234,7 @@ def test_every_parameter_gets_a_gradient(name):
     ],
 )
 def test_bad_settings_raise(name, kwargs):
-    settings = {"in_dim": IN_DIM, "n_classes": N_CLASSES} | kwargs
+    settings = {"in_dim": IN_DIM, "n_outputs": N_CLASSES} | kwargs
     with pytest.raises(ValueError):
         create_model(name, **settings)
 
@@ -209,4 +247,4 @@ def test_constructor_is_keyword_only(name):
 
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(ValueError, match="abmil.*querent"):
-        create_model("qerent", in_dim=IN_DIM, n_classes=N_CLASSES)
+        create_model("qerent", in_dim=IN_DIM, n_outputs=N_CLASSES)

@@ -41,7 +41,7 @@ def _task_loss(task):
 def test_model_overfits_a_tiny_bag_set(name, task):
     torch.manual_seed(0)
     n_outputs, loss_of = _task_loss(task)
-    model = create_model(name, in_dim=IN_DIM, n_classes=n_outputs, **SMALL.get(name, {}))
+    model = create_model(name, in_dim=IN_DIM, n_outputs=n_outputs, **SMALL.get(name, {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     bags = _bags()
     for _ in range(100):  # epochs, one bag per step as in the paper's training

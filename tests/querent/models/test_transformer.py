@@ -17,7 +17,7 @@ def _ragged_bag(seed, n_cells, extent, in_dim):
 def _pair(seed, **settings):
     """A Querent model and a full_attention model carrying the same weights."""
     torch.manual_seed(seed)
-    shared = {"in_dim": 24, "n_classes": 3, "dim": 32, "heads": 4, "depth": 2}
+    shared = {"in_dim": 24, "n_outputs": 3, "dim": 32, "heads": 4, "depth": 2}
     shared["positional"] = settings.pop("positional", False)
     querent = create_model("querent", **shared, **settings).double().eval()
     full = create_model("full_attention", **shared).double().eval()
