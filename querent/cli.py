@@ -10,6 +10,7 @@ from extractors import cli as slide_cli
 from extractors.errors import QuerentError
 from extractors.logs import quiet_chatty_loggers
 from querent.data import cli as data_cli
+from querent.engine import cli as model_cli
 
 #: Errors of the input or the machine (a missing file, a full disk); they get one line on
 #: stderr instead of a traceback. Anything else is a bug and shows its traceback.
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     slide_cli.add_commands(subparsers, common)
     data_cli.add_commands(subparsers, common)
+    model_cli.add_commands(subparsers, common)
     return parser
 
 

@@ -54,3 +54,13 @@ def blank_slide(tmp_path) -> Path:
     path = tmp_path / "blank.svs"
     write_synthetic_slide(path, np.zeros((64, 96), np.uint8), level0_size=(3072, 2048))
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_cohort(tmp_path_factory):
+    """A small feature-level cohort (24 cases, 28 slides, 16-d features) and its sheet."""
+    from querent.data.synthetic import write_synthetic_cohort
+
+    out = tmp_path_factory.mktemp("synthetic")
+    sheet = write_synthetic_cohort(out, n_cases=24, seed=0)
+    return sheet, out / "features"

@@ -163,3 +163,65 @@ def test_export_writes_clam_and_stamp_layouts(cmu_slide, tmp_path, capsys):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(coords) in lines[0] and "extract" in lines[0], result.stderr
+
+
+def test_splits_train_evaluate_predict_from_the_config(tmp_path, synthetic_cohort, monkeypatch):
+    import pandas as pd
+    import yaml
+
+    sheet, features = synthetic_cohort
+    config = {
+        "features": {"dir": str(features), "encoder": "synthetic"},
+        "cohort": {"sheet": str(sheet)},
+        "splits": {"folds": 3},
+        "training": {"epochs": 2},
+        "models": {"small": {"arch": "abmil", "dim": 16, "attention_dim": 8}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["splits"]) == 0
+    splits = pd.read_csv("results/splits/splits.csv", dtype=str)
+    assert set(splits["fold"]) == {"0", "1", "2"}
+    assert main(["train", "--model", "small", "--fold", "1"]) == 0
+    model = tmp_path / "results/models/small/synthetic/fold_1/model.pt"
+    assert model.exists()
+    assert main(["evaluate", "--model", "small", "--fold", "1"]) == 0
+    evaluated = pd.read_csv("results/eval/small/synthetic/fold_1/predictions.csv")
+    held_out = sorted(splits.loc[splits["fold"] == "1", "slide_id"])
+    assert sorted(evaluated["slide_id"]) == held_out
+
+    new = tmp_path / "new_slides"
+    new.mkdir()
+    for slide in held_out:
+        (new / f"{slide}.h5").write_bytes((features / f"{slide}.h5").read_bytes())
+    assert main(["predict", str(model.parent.parent), "--features", str(new), "-o", "out"]) == 0
+    deployed = pd.read_csv("out/predictions.csv")
+    assert sorted(deployed["slide_id"]) == held_out and "truth" not in deployed
+    probs = ["prob_neg", "prob_pos"]  # one fold model: deployment equals the evaluation
+    np.testing.assert_allclose(
+        deployed.set_index("slide_id")[probs], evaluated.set_index("slide_id").loc[held_out, probs]
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "querent.cli", "train", "--model", "big", "--fold", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "no model run 'big'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback_of_an_input_error(tmp_path):
+    missing = tmp_path / "missing.h5"
+    quiet = subprocess.run(
+        [sys.executable, "-m", "querent.cli", "grid", str(missing), "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    loud = subprocess.run(
+        [sys.executable, "-m", "querent.cli", "grid", str(missing), "-o", str(tmp_path), "--debug"],
+        capture_output=True,
+        text=True,
+    )
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "FileFormatError" in loud.stderr

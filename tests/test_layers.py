@@ -31,8 +31,27 @@ def _hits(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
     [
         (("querent.models", "querent.layers"), ("h5py", "openslide", "cv2", "extractors")),
         (("querent.data.grid",), ("h5py", "torch", "openslide", "cv2", "extractors")),
-        (("querent.engine",), ("openslide", "cv2", "extractors.wsi", "extractors.encoders")),
-        (("querent.data",), ("openslide", "cv2", "extractors.wsi", "extractors.encoders")),
+        (
+            (
+                "querent.engine.train",
+                "querent.engine.evaluate",
+                "querent.engine.experiment",
+                "querent.engine.aggregate",
+                "querent.engine.cli",
+            ),
+            ("openslide", "cv2", "extractors.wsi", "extractors.encoders"),
+        ),
+        (
+            (
+                "querent.data.cohort",
+                "querent.data.splits",
+                "querent.data.bags",
+                "querent.data.grid_files",
+                "querent.data.synthetic",
+            ),
+            ("openslide", "cv2", "extractors.wsi", "extractors.encoders"),
+        ),
+        (("querent.data.cohort", "querent.data.splits"), ("torch",)),
         (("extractors.io", "extractors.errors"), ("torch", "openslide", "cv2", "querent")),
     ],
 )

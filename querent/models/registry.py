@@ -26,12 +26,21 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs: object) -> MILModel:
-    """Build a registered model; keyword arguments go to its constructor.
+def model_class(name: str) -> Callable[..., MILModel]:
+    """The class registered as ``name``.
 
     Raises:
         ValueError: Unknown name (the message lists the valid ones).
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs: object) -> MILModel:
+    """Build a registered model; keyword arguments go to its constructor.
+
+    Raises:
+        ValueError: Unknown name (the message lists the valid ones).
+    """
+    return model_class(name)(**kwargs)

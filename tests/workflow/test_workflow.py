@@ -1,161 +1,168 @@
-"""The Snakemake workflow, run for real on copies of the repository's workflow files."""
+"""The Snakemake workflow, run for real on copies of the repository's workflow files.
+
+Every run uses the committed tiny config (tests/workflow/config.yaml) and varies single keys
+with ``--config``, as a user would.
+"""
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-import yaml
 
 from extractors.io import read_coords
 from querent.data.grid import build_grid
 from querent.data.grid_files import read_grid
-from tests.conftest import ROOT
+from tests.helpers import job_counts, snakemake, workflow_copy
 
 pytestmark = pytest.mark.integration
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "profiles")
-
-
-def _project(tmp_path: Path, **overrides) -> Path:
-    """A copy of the workflow whose config.yaml has the given top-level sections updated."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        source = ROOT / name
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, tmp_path / name)
-    return _update_config(tmp_path, **overrides)
-
-
-def _update_config(project: Path, **overrides) -> Path:
-    config = yaml.safe_load((project / "config.yaml").read_text())
-    for section, values in overrides.items():
-        config[section] = {**config[section], **values}
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
-    return project
-
-
-def _snakemake(project: Path, *args: str) -> tuple[int, str]:
-    """Exit code and everything Snakemake printed (it logs to stdout and stderr)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-    )
-    return result.returncode, result.stdout
-
-
-def _job_counts(output: str) -> dict[str, int]:
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job "):
-            in_table = True
-        elif in_table and line.strip() and not line.startswith("-"):
-            name, count = line.split()
-            if name == "total":
-                break
-            counts[name] = int(count)
-    return counts
+PER_SLIDE = ("segment_tissue", "tile_slide", "extract_features", "build_region_grid")
 
 
 def test_lint_is_clean(tmp_path):
-    code, output = _snakemake(_project(tmp_path), "--lint")
+    code, output = snakemake(workflow_copy(tmp_path), "--lint")
     assert code == 0, output
     assert "Lints for" not in output
 
 
-def test_default_config_plans_the_demo_cohort(tmp_path):
-    code, output = _snakemake(_project(tmp_path), "-n")
+def test_default_config_plans_the_demo_cohort_to_trained_models(tmp_path):
+    project = workflow_copy(tmp_path)
+    (project / "tiny.yaml").write_text("{}\n")  # the root config.yaml alone
+    code, output = snakemake(project, "-n")
     assert code == 0, output
-    counts = _job_counts(output)
-    per_slide = (
-        "make_demo_slide",
-        "segment_tissue",
-        "tile_slide",
-        "extract_features",
-        "build_region_grid",
-    )
-    assert [counts[rule] for rule in per_slide] == [16] * 5
-    assert counts["make_demo_cohort"] == 1
+    counts = job_counts(output)
+    assert [counts[rule] for rule in ("make_demo_slide", *PER_SLIDE)] == [16] * 5
+    assert counts["train_model"] == counts["evaluate_model"] == 10  # querent, abmil x 5 folds
+    assert counts["make_splits"] == counts["aggregate_metrics"] == counts["make_demo_cohort"] == 1
 
 
 @pytest.mark.parametrize(
-    ("section", "values", "named"),
+    ("config", "named"),
     [
-        ("tiling", {"patchsize": 256}, "patchsize"),
-        ("tiling", {"min_tissue_fraction": 2}, "min_tissue_fraction"),
-        ("tissue", {"params": {"min_area": 5}}, "min_area"),
-        ("tissue", {"preset": "frozen"}, "frozen"),
-        ("features", {"encoder": "uni_v3"}, "efficientnet_lite0"),
-        ("features", {"on_decode_error": "ignore"}, "on_decode_error"),
-        ("grids", {"region_size": 0}, "region_size"),
+        ({"tiling": {"patchsize": 256}}, "patchsize"),
+        ({"tiling": {"min_tissue_fraction": 2}}, "min_tissue_fraction"),
+        ({"tissue": {"params": {"min_area": 5}}}, "min_area"),
+        ({"tissue": {"preset": "frozen"}}, "frozen"),
+        ({"features": {"encoder": "uni_v3"}}, "efficientnet_lite0"),
+        ({"features": {"on_decode_error": "ignore"}}, "on_decode_error"),
+        ({"grids": {"region_size": 0}}, "region_size"),
+        ({"models": {"big": {"arch": "resnet"}}}, "abmil, full_attention"),
+        ({"models": {"querent": {"topk": 3}}}, "querent takes no argument topk"),
+        ({"training": {"epochz": 3}}, "epochz"),
+        ({"splits": {"folds": 3}}, "3 folds need at least 3 cases per class"),
     ],
 )
-def test_config_errors_stop_before_any_job(tmp_path, section, values, named):
-    project = _project(tmp_path, **{section: values})
-    code, output = _snakemake(project, "-n")
+def test_config_errors_stop_before_any_job(tmp_path, config, named):
+    project = workflow_copy(tmp_path)
+    code, output = snakemake(project, "-n", config=config)
     assert code != 0
     assert named in output
     assert not (project / "results").exists()
 
 
-def test_tiny_demo_run_is_cached_and_reruns_only_what_changed(tmp_path):
-    project = _project(tmp_path, demo={"n_slides": 2})
-    code, output = _snakemake(project)
+def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tmp_path):
+    project = workflow_copy(tmp_path)
+    code, output = snakemake(project)
     assert code == 0, output
-    for slide in ("demo_000", "demo_001"):
-        with h5py.File(project / f"results/coords/{slide}.h5") as h5:
-            assert h5["coords"].shape[0] > 0
-            assert h5["coords"].attrs["name"] == slide
-        assert (project / f"results/tissue/{slide}.geojson").exists()
-        assert (project / f"results/coords/{slide}_qc.png").exists()
+    slides = [f"demo_00{i}" for i in range(4)]
+    for slide in slides:
+        coords, attrs = read_coords(project / f"results/coords/{slide}.h5")
+        assert len(coords) > 0 and attrs["name"] == slide
         assert (project / f"logs/coords/{slide}.benchmark.tsv").exists()
         with h5py.File(project / f"results/features/efficientnet_lite0/{slide}.h5") as h5:
             assert h5["features"].shape == (len(h5["coords"]), 1280)
-            assert h5["features"].attrs["weights_source"] == "package:efficientnet_lite0"
-        coords, attrs = read_coords(project / f"results/coords/{slide}.h5")
         grid = read_grid(project / f"results/grids/r4/{slide}.h5")
         expected = build_grid(coords, int(attrs["step_level0"]), 4)
         np.testing.assert_array_equal(grid.slots, expected.slots)
-        assert (project / f"logs/grids/r4/{slide}.log").exists()
-    assert (project / "resources/demo/cohort.csv").exists()
 
-    assert "Nothing to be done" in _snakemake(project, "-n")[1]
-    code, output = _snakemake(project, "--report", "report.html")
+    splits = pd.read_csv(project / "results/splits/splits.csv", dtype=str)
+    assert sorted(splits["slide_id"]) == slides and set(splits["fold"]) == {"0", "1"}
+    for model in ("querent", "abmil"):
+        for fold in (0, 1):
+            ckpt = torch.load(
+                project / f"results/models/{model}/efficientnet_lite0/fold_{fold}/model.pt",
+                weights_only=True,
+            )
+            assert ckpt["fold"] == fold and ckpt["in_dim"] == 1280
+            held_out = splits.loc[splits["fold"] == str(fold), "slide_id"]
+            eval_dir = project / f"results/eval/{model}/efficientnet_lite0/fold_{fold}"
+            predictions = pd.read_csv(eval_dir / "predictions.csv")
+            assert sorted(predictions["slide_id"]) == sorted(held_out)
+            assert (eval_dir / "metrics.json").exists() and (eval_dir / "attention.h5").exists()
+    summary = pd.read_csv(project / "results/eval/summary.tsv", sep="\t")
+    assert list(summary.columns[:4]) == ["model", "encoder", "task", "n_cases"]
+    assert sorted(summary["model"]) == ["abmil", "querent"] and (summary["n_cases"] == 4).all()
+    assert "auc" in output and "querent" in output.split("Complete log")[0][-2000:]
+
+    assert "Nothing to be done" in snakemake(project, "-n")[1]
+    code, output = snakemake(project, "--report", "report.html")
     assert code == 0, output
     assert "demo_001_qc.png" in (project / "report.html").read_text()
 
+    # one model run's setting re-runs that run's training and evaluation only
+    code, output = snakemake(project, "-n", config={"models": {"querent": {"top_k": 3}}})
+    assert job_counts(output) == {
+        "train_model": 2, "evaluate_model": 2, "aggregate_metrics": 1, "default": 1
+    }, output  # fmt: skip
+    assert "results/models/abmil" not in output.split("Job stats")[-1]
+
     # exports add only their own jobs, and CLAM's copy holds the same features
-    exporting = _update_config(project, features={"export_clam": True, "export_stamp": True})
-    code, output = _snakemake(exporting)
+    exporting = {"features": {"export_clam": True, "export_stamp": True}}
+    code, output = snakemake(project, config=exporting)
     assert code == 0, output
-    counts = _job_counts(output)
-    assert counts == {"export_clam": 2, "export_clam_patches": 2, "export_stamp": 2, "default": 1}
+    assert job_counts(output) == {
+        "export_clam": 4, "export_clam_patches": 4, "export_stamp": 4, "default": 1
+    }  # fmt: skip
     with h5py.File(project / "results/features/efficientnet_lite0/demo_000.h5") as h5:
         features = h5["features"][:]
     clam = torch.load(project / "results/clam/efficientnet_lite0/pt_files/demo_000.pt")
     np.testing.assert_array_equal(clam.numpy(), features)
-    with h5py.File(project / "results/stamp/efficientnet_lite0/demo_000.h5") as h5:
-        assert h5.attrs["extractor"] == "efficientnet_lite0" and len(h5["feats"]) == len(features)
-    assert (project / "results/clam/patches/demo_001.h5").exists()
 
-    changed = _update_config(project, tiling={"patch_size": 128})
-    counts = _job_counts(_snakemake(changed, "-n")[1])
-    assert counts.get("tile_slide") == counts.get("extract_features") == 2
-    assert counts.get("build_region_grid") == 2
-    assert "segment_tissue" not in counts and "make_demo_slide" not in counts
+    # a tiling setting re-runs tiling and everything downstream, not segmentation
+    counts = job_counts(snakemake(project, "-n", config={"tiling": {"patch_size": 128}})[1])
+    assert counts["tile_slide"] == counts["extract_features"] == 4
+    assert counts["train_model"] == 4 and "segment_tissue" not in counts
 
-    # another region size adds only grid jobs
-    changed = _update_config(project, tiling={"patch_size": 256}, grids={"region_size": 2})
-    counts = _job_counts(_snakemake(changed, "-n")[1])
-    assert counts.get("build_region_grid") == 2 and "tile_slide" not in counts
+
+def test_own_feature_files_train_without_slides(tmp_path, synthetic_cohort):
+    sheet, features = synthetic_cohort
+    project = workflow_copy(tmp_path)
+    shutil.copytree(features, project / "lab/features")
+    shutil.copy(sheet, project / "lab/cohort.csv")
+    config = {
+        "features": {"dir": "lab/features", "encoder": "my_lab_encoder"},
+        "cohort": {"sheet": "lab/cohort.csv"},
+        "splits": {"folds": 3},
+    }
+    code, output = snakemake(project, config=config)
+    assert code == 0, output
+    counts = job_counts(output)
+    assert not set(counts) & {"make_demo_slide", *PER_SLIDE}
+    assert counts["train_model"] == 6
+    summary = pd.read_csv(project / "results/eval/summary.tsv", sep="\t")
+    assert set(summary["encoder"]) == {"my_lab_encoder"} and (summary["n_cases"] == 24).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: pd.concat([t, t.iloc[:1]]), "duplicate"),
+        (lambda t: t.assign(label="neg"), "one class"),
+        (lambda t: t.iloc[1:], "feature files without a sheet row"),
+    ],
+)
+def test_cohort_problems_stop_before_any_job(tmp_path, synthetic_cohort, change, message):
+    sheet, features = synthetic_cohort
+    project = workflow_copy(tmp_path)
+    shutil.copytree(features, project / "lab/features")
+    change(pd.read_csv(sheet)).to_csv(project / "lab/cohort.csv", index=False)
+    config = {"features": {"dir": "lab/features"}, "cohort": {"sheet": "lab/cohort.csv"}}
+    code, output = snakemake(project, "-n", config=config)
+    assert code != 0 and message in output, output
+    assert "lab/cohort.csv" in output
 
 
 def test_bad_slides_fail_alone_with_their_fix_in_the_log(tmp_path, cmu_slide, tcga_slide):
@@ -164,14 +171,16 @@ def test_bad_slides_fail_alone_with_their_fix_in_the_log(tmp_path, cmu_slide, tc
     shutil.copy(cmu_slide, slides / "good.svs")
     shutil.copy(tcga_slide, slides / "no_mpp.svs")
     (slides / "broken.svs").write_text("not a slide")
-    project = _project(tmp_path / "project", demo={"enabled": False}, slides={"dir": str(slides)})
-    code, output = _snakemake(project)
+    project = workflow_copy(tmp_path / "project")
+    config = {"demo": {"enabled": False}, "slides": {"dir": str(slides)}}
+    code, output = snakemake(project, config=config)
     assert code != 0
     assert (project / "results/coords/good.h5").exists()
     assert not (project / "results/coords/no_mpp.h5").exists()
     assert "slides.mpp_default" in (project / "logs/tissue/no_mpp.log").read_text()
     assert "not a readable TIFF" in (project / "logs/tissue/broken.log").read_text()
     assert "slides.mpp_default" in output  # failed logs are shown
+    assert "train_model" not in output  # no cohort sheet: the workflow stops at features
 
 
 @pytest.mark.parametrize(
@@ -188,7 +197,8 @@ def test_slide_folder_problems_stop_before_any_job(tmp_path, layout, message):
     for name, data in layout.items():
         (slides / name).parent.mkdir(parents=True, exist_ok=True)
         (slides / name).write_bytes(data)
-    project = _project(tmp_path / "project", demo={"enabled": False}, slides={"dir": str(slides)})
-    code, output = _snakemake(project, "-n")
+    project = workflow_copy(tmp_path / "project")
+    config = {"demo": {"enabled": False}, "slides": {"dir": str(slides)}}
+    code, output = snakemake(project, "-n", config=config)
     assert code != 0
     assert message in output

@@ -5,20 +5,35 @@ from snakemake.utils import validate
 
 from extractors.demo import demo_cohort
 from extractors.encoders import list_encoders
-from extractors.errors import SlideDiscoveryError
+from extractors.errors import QuerentError
 from extractors.wsi.discovery import (
     SLIDE_ID_PATTERN,
     SlideEntry,
     discover_slides,
     read_slide_sheet,
 )
+from querent.data.cohort import cohort_from_table, read_table
+from querent.data.splits import SplitSettings, make_splits
+from querent.engine.experiment import (
+    DEMO_SHEET,
+    cohort_settings,
+    features_folder,
+    load_experiment,
+    match_features,
+)
+from querent.engine.runs import RUN_NAME_PATTERN, model_runs
 
 
 validate(config, "../schemas/config.schema.yaml")
 
+#: With features.dir, training reads a lab's own feature files: no slides, tiling or extraction.
+OWN_FEATURES = bool(config["features"]["dir"])
+
 
 def load_slides():
     """Slide id -> SlideEntry, from the demo cohort, a folder or a slide sheet."""
+    if OWN_FEATURES:
+        return {}
     if config["demo"]["enabled"]:
         return {
             slide_id: SlideEntry(slide_id, Path(f"resources/demo/slides/{slide_id}.svs"))
@@ -32,15 +47,60 @@ def load_slides():
         )
     try:
         entries = read_slide_sheet(sheet) if sheet else discover_slides(folder)
-    except SlideDiscoveryError as err:
+    except QuerentError as err:
         raise WorkflowError(str(err)) from None
     return {entry.slide_id: entry for entry in entries}
 
 
+def cohort_sheet():
+    """The cohort sheet: cohort.sheet, else the demo's."""
+    return cohort_settings(config).sheet
+
+
+def check_cohort():
+    """Slides to train on; every cohort, split and model-run problem stops the DAG here.
+
+    Without a cohort sheet (and not the demo) the workflow stops at features: no slides train.
+    """
+    try:
+        model_runs(config["models"], config["training"])
+        if cohort_sheet() == DEMO_SHEET and not OWN_FEATURES:
+            if not config["demo"]["enabled"]:
+                return []
+            # the demo sheet is written by make_demo_cohort; check the same table in memory
+            table = DEMO_COHORT.astype(str)
+            cohort = cohort_from_table(table, cohort_settings(config), Path(DEMO_SHEET))
+            make_splits(cohort, SplitSettings(**config["splits"]))
+            return cohort.slide_ids
+        sheet = read_table(Path(cohort_sheet()), "cohort sheet")
+        validate(sheet, "../schemas/cohort.schema.yaml")
+        available = None if OWN_FEATURES else set(SLIDES)
+        experiment = load_experiment(config, available=available)
+        if not config["splits"]["file"]:
+            make_splits(experiment.cohort, experiment.splits)
+    except QuerentError as err:
+        raise WorkflowError(f"config.yaml: {err}") from None
+    return sorted(experiment.files)
+
+
+def split_file_input():
+    """The user's split file as an input, so editing it re-runs the splits."""
+    return [config["splits"]["file"]] if config["splits"]["file"] else []
+
+
+def train_features(wildcards):
+    """Feature files of every slide that trains or evaluates."""
+    folder = features_folder(config)
+    return [str(folder / f"{slide}.h5") for slide in TRAIN_SLIDES]
+
+
 DEMO_COHORT = demo_cohort(config["demo"]["n_slides"], config["demo"]["seed"])
 SLIDES = load_slides()
+TRAIN_SLIDES = check_cohort()
+ENCODER = config["features"]["encoder"]
+FOLDS = list(range(config["splits"]["folds"]))
 
-if config["features"]["encoder"] not in list_encoders():
+if not OWN_FEATURES and ENCODER not in list_encoders():
     raise WorkflowError(
         f"config.yaml: features.encoder {config['features']['encoder']!r} is not a registered "
         f"encoder; choose one of {', '.join(list_encoders())}."
@@ -57,6 +117,8 @@ if unknown_overrides:
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
     encoder="[A-Za-z0-9_]+",
+    model=RUN_NAME_PATTERN,
+    fold="[0-9]+",
 
 
 def slide_path(wildcards):
@@ -103,9 +165,11 @@ def all_outputs():
     outputs = expand(
         per_slide,
         slide=sorted(SLIDES),
-        encoder=config["features"]["encoder"],
+        encoder=ENCODER,
         region_size=config["grids"]["region_size"],
     )
-    if config["demo"]["enabled"]:
+    if config["demo"]["enabled"] and not OWN_FEATURES:
         outputs.append("resources/demo/cohort.csv")
+    if TRAIN_SLIDES:
+        outputs.append("results/eval/summary.tsv")
     return outputs

@@ -1,0 +1,253 @@
+"""Bags: one slide's patch features, lattice cells and region grid, streamed from feature files.
+
+A bag is read whole from its HDF5 file each time it is needed (or once, when the cohort fits in
+memory), optionally cut to a random subset of ``max_patches`` rows seeded by (seed, epoch,
+slide), so the subset does not depend on the number of loader workers or on resuming. The
+region grid is built here, in the loader workers, so the model never waits on it.
+
+Axes: ``n`` patches, ``d`` feature width.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from extractors.errors import CohortError, FileFormatError
+from extractors.io import feature_shape, lattice_step, read_features
+from querent.data.grid import RegionGrid, build_grid
+
+logger = logging.getLogger(__name__)
+
+#: Cohorts whose features take less than this many bytes are held in memory by default.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Bag:
+    """One slide as a model sees it.
+
+    Attributes:
+        slide_id: The slide.
+        features: (n, d) float32.
+        cells: (n, 2) int64 lattice cells (column, row).
+        rows: (n,) rows of the feature file these patches come from.
+        grid: Region grid of the patches (models with regions), else None.
+    """
+
+    slide_id: str
+    features: torch.Tensor
+    cells: torch.Tensor
+    rows: torch.Tensor
+    grid: RegionGrid | None
+
+
+def lattice_cells_of(coords: np.ndarray, step: int, source: str | Path) -> np.ndarray:
+    """(n, 2) lattice cells of level-0 coordinates.
+
+    Our coordinates lie on a lattice anchored at (0, 0); CLAM's start at each tissue piece's
+    corner, so where coordinates are off the (0, 0) lattice they are taken relative to their
+    minimum (and rounded to the nearest cell, which is logged).
+    """
+    coords = np.asarray(coords, np.int64).reshape(-1, 2)
+    if (coords % step == 0).all():
+        return coords // step
+    shifted = coords - coords.min(axis=0)
+    cells = np.rint(shifted / step).astype(np.int64)
+    if (cells * step != shifted).any():
+        logger.warning("%s: coordinates off one lattice; rounded to cells of %d px", source, step)
+    return cells
+
+
+def read_bag_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features (n, d) float32, cells (n, 2) int64) of one feature file."""
+    features, coords, coords_attrs, _ = read_features(path)
+    if features.ndim != 2 or len(features) != len(coords):
+        raise FileFormatError(
+            f"{path}: `features` {features.shape} and `coords` {coords.shape} do not align; "
+            "extract the slide again."
+        )
+    step = lattice_step(coords_attrs, coords, path)
+    return features.astype(np.float32, copy=False), lattice_cells_of(coords, step, path)
+
+
+def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str]:
+    """Check that every slide's features can train a model.
+
+    Reads each file once.
+
+    Returns:
+        The feature width and the files' ``encoder`` attribute ("unknown" where absent).
+
+    Raises:
+        CohortError: Files of different widths or encoders, empty bags, or NaN / Inf values;
+            the message lists the slides and says what to do.
+    """
+    widths: dict[int, list[str]] = {}
+    encoders: dict[str, list[str]] = {}
+    empty, non_finite = [], []
+    for slide_id, path in files.items():
+        n, width = feature_shape(path)
+        widths.setdefault(width, []).append(slide_id)
+        with h5py.File(path, "r") as h5:
+            encoder = str(h5["features"].attrs.get("encoder", "unknown"))
+            encoders.setdefault(encoder, []).append(slide_id)
+            if n == 0:
+                empty.append(slide_id)
+            elif not np.isfinite(h5["features"][:]).all():
+                non_finite.append(slide_id)
+    problems = []
+    if len(widths) > 1:
+        problems.append(
+            "features of different widths: "
+            + "; ".join(f"{w}: {_ids(ids)}" for w, ids in sorted(widths.items()))
+            + " (use the files of one encoder)"
+        )
+    if len(encoders) > 1:
+        problems.append(
+            "features of different encoders: "
+            + "; ".join(f"{name}: {_ids(ids)}" for name, ids in sorted(encoders.items()))
+            + " (use the files of one encoder)"
+        )
+    if empty:
+        problems.append(
+            f"slides without patches: {_ids(empty)} (no tissue was found: drop them from the "
+            "cohort sheet or check their tissue masks)"
+        )
+    if non_finite:
+        problems.append(
+            f"features with NaN or Inf: {_ids(non_finite)} (extract these slides again)"
+        )
+    if problems:
+        raise CohortError("; ".join(problems))
+    return next(iter(widths)), next(iter(encoders))
+
+
+def _ids(ids: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def cohort_bytes(files: Mapping[str, Path]) -> int:
+    """Bytes the features of ``files`` take as float32."""
+    return sum(4 * np.prod(feature_shape(path)) for path in files.values())
+
+
+class BagDataset(Dataset):
+    """The bags of some slides, in a fixed order.
+
+    Args:
+        files: Slide id -> feature file.
+        slide_ids: The slides of this dataset, in order.
+        region_size: Region size of the model's grid; None: no grid.
+        max_patches: Cut bigger bags to a random subset of this many patches (training).
+        seed: Seed of the subsets.
+        in_memory: Keep every bag after its first read (only in the process that reads it).
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, Path],
+        slide_ids: Sequence[str],
+        *,
+        region_size: int | None = None,
+        max_patches: int | None = None,
+        seed: int = 0,
+        in_memory: bool = False,
+    ) -> None:
+        missing = [s for s in slide_ids if s not in files]
+        if missing:
+            raise CohortError(f"no feature file for slides {_ids(missing)}")
+        self.files = {s: Path(files[s]) for s in slide_ids}
+        self.slide_ids = list(slide_ids)
+        self.region_size = region_size
+        self.max_patches = max_patches
+        self.seed = seed
+        self.in_memory = in_memory
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.slide_ids)
+
+    def _arrays(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if slide_id in self._cache:
+            return self._cache[slide_id]
+        arrays = read_bag_arrays(self.files[slide_id])
+        if self.in_memory:
+            self._cache[slide_id] = arrays
+        return arrays
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Bag:
+        """The bag at ``index``, or at ``(index, epoch)`` with that epoch's patch subset."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        slide_id = self.slide_ids[index]
+        features, cells = self._arrays(slide_id)
+        rows = np.arange(len(features))
+        if self.max_patches is not None and len(rows) > self.max_patches:
+            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(slide_id.encode())])
+            rows = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
+            features, cells = features[rows], cells[rows]
+        grid = None if self.region_size is None else build_grid(cells, 1, self.region_size)
+        return Bag(
+            slide_id,
+            torch.from_numpy(np.ascontiguousarray(features)),
+            torch.from_numpy(np.ascontiguousarray(cells)),
+            torch.from_numpy(rows),
+            grid,
+        )
+
+
+class EpochOrder(Sampler):
+    """Keys ``(index, epoch)`` of every bag, shuffled per epoch by (seed, epoch) or in order.
+
+    The epoch travels with each key, so loader workers that live across epochs (persistent)
+    still draw each epoch's patch subsets.
+    """
+
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = False) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Order and subsets of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = np.arange(self.n)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter([(int(i), self.epoch) for i in order])
+
+
+def _single(bags: list[Bag]) -> Bag:
+    return bags[0]
+
+
+def bag_loader(dataset: BagDataset, order: Sampler, *, workers: int) -> DataLoader:
+    """Bags of ``dataset`` in ``order``, read ahead by ``workers`` processes (0: inline).
+
+    Workers persist across epochs (no start-up cost per epoch). The loader has its own
+    generator, so it draws nothing from torch's global RNG: training is the same whatever the
+    number of workers.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=1,
+        sampler=order,
+        collate_fn=_single,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,189 @@
+"""Model subcommands of ``querent``: splits, train, evaluate, predict.
+
+``splits``, ``train`` and ``evaluate`` read the workflow's ``config.yaml`` (cohort, features,
+splits, training and model runs) and write to the workflow's paths unless told otherwise, so
+they give the same files as the Snakemake rules. ``predict`` deploys a run on new slides.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from extractors.errors import SettingsError
+
+
+def _config(path: Path) -> dict:
+    """The config file, with the schema's defaults filled in (as Snakemake does)."""
+    import yaml
+    from snakemake.utils import validate
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise SettingsError(f"{path}: not a readable YAML config ({err})") from err
+    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+    if schema.is_file():
+        validate(config, str(schema))
+    return config
+
+
+def _experiment(args: argparse.Namespace):
+    from querent.engine.experiment import load_experiment
+
+    return load_experiment(_config(args.config))
+
+
+def _run_dir(args: argparse.Namespace, root: str, encoder: str) -> Path:
+    return args.out_dir or Path(f"results/{root}/{args.model}/{encoder}/fold_{args.fold}")
+
+
+def run_splits(args: argparse.Namespace) -> None:
+    """Write patient-level folds of the cohort (or check the user's split file)."""
+    from querent.data.splits import write_splits
+    from querent.engine.experiment import splits_table
+
+    table = splits_table(_experiment(args))
+    write_splits(table, args.out)
+    counts = table["fold"].value_counts().sort_index()
+    print(f"{args.out}\t" + ", ".join(f"fold {k}: {n} slides" for k, n in counts.items()))
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Train one model run on one fold (resumes an interrupted run of the same settings)."""
+    from querent.engine.train import train_fold
+
+    experiment = _experiment(args)
+    if args.model not in experiment.runs:
+        raise SettingsError(
+            f"no model run {args.model!r}; the config has {sorted(experiment.runs)}"
+        )
+    train_ids, val_ids, _ = experiment.fold(args.splits, args.fold)
+    path = train_fold(
+        experiment.runs[args.model],
+        experiment.cohort,
+        experiment.files,
+        train_ids,
+        val_ids,
+        _run_dir(args, "models", experiment.encoder),
+        encoder=experiment.encoder,
+        fold=args.fold,
+        device=args.device,
+        workers=args.workers,
+    )
+    print(path)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate one fold's model on the fold's held-out slides."""
+    from querent.engine.evaluate import evaluate_fold
+
+    experiment = _experiment(args)
+    _, _, eval_ids = experiment.fold(args.splits, args.fold)
+    model = Path(f"results/models/{args.model}/{experiment.encoder}/fold_{args.fold}/model.pt")
+    out_dir = _run_dir(args, "eval", experiment.encoder)
+    metrics = evaluate_fold(
+        args.model_path or model,
+        experiment.cohort,
+        experiment.files,
+        eval_ids,
+        out_dir,
+        device=args.device,
+        workers=args.workers,
+    )
+    print(f"{out_dir}\t" + ", ".join(f"{k} {v:.3f}" for k, v in metrics["level"]["case"].items()))
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    """Apply a run's fold models (mean of their predictions) to feature files of new slides."""
+    from querent.engine.evaluate import predict_slides
+
+    models = []
+    for path in args.models:
+        models += sorted(path.glob("fold_*/model.pt")) if path.is_dir() else [path]
+    features = []
+    for path in args.features:
+        features += sorted(path.glob("*.h5")) if path.is_dir() else [path]
+    if not features:
+        raise SettingsError(f"no feature files (*.h5) in {[str(p) for p in args.features]}")
+    files = {path.stem: path for path in features}
+    predict_slides(models, files, args.out_dir, device=args.device, workers=args.workers)
+    print(f"{args.out_dir}/predictions.csv\t{len(files)} slides, {len(models)} models")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="config (default: config.yaml)"
+    )
+    parser.add_argument("--model", required=True, help="model run name (a key of `models`)")
+    parser.add_argument("--fold", type=int, required=True, help="fold to hold out")
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("results/splits/splits.csv"),
+        help="split file (default: results/splits/splits.csv, from `querent splits`)",
+    )
+    parser.add_argument(
+        "-o", "--out-dir", type=Path, help="output folder (default: the workflow's path)"
+    )
+    _add_device_arguments(parser)
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA if available)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="feature-reading processes (default: 0)"
+    )
+
+
+def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``splits``, ``train``, ``evaluate`` and ``predict`` on the ``querent`` parser."""
+    splits = subparsers.add_parser(
+        "splits", parents=[common], help="patient-level folds", description=run_splits.__doc__
+    )
+    splits.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="config (default: config.yaml)"
+    )
+    splits.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("results/splits/splits.csv"),
+        help="split file to write (default: results/splits/splits.csv)",
+    )
+    splits.set_defaults(func=run_splits)
+
+    train = subparsers.add_parser(
+        "train", parents=[common], help="train a model run on a fold", description=run_train.__doc__
+    )
+    _add_run_arguments(train)
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        parents=[common],
+        help="evaluate a fold's model",
+        description=run_evaluate.__doc__,
+    )
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--model-path", type=Path, help="model.pt (default: the workflow's)")
+    evaluate.set_defaults(func=run_evaluate)
+
+    predict = subparsers.add_parser(
+        "predict",
+        parents=[common],
+        help="deploy a run's models on new slides",
+        description=run_predict.__doc__,
+    )
+    predict.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        help="model.pt files, or a run folder (results/models/{model}/{encoder}) of fold_*/",
+    )
+    predict.add_argument(
+        "--features", type=Path, nargs="+", required=True, help="feature files or folders"
+    )
+    predict.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
+    _add_device_arguments(predict)
+    predict.set_defaults(func=run_predict)

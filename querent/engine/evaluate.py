@@ -1,0 +1,186 @@
+"""Evaluation of a trained fold, and deployment of a run's fold models on new slides.
+
+Both apply a ``model.pt`` to whole bags (no patch subsets) and write predictions.csv,
+attention.h5 and, where the truth is known, metrics.json (:mod:`querent.engine.outputs`).
+Deployment averages the folds' probabilities (survival: risks and hazards) and attention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extractors.errors import CohortError, FileFormatError
+from querent.data.bags import BagDataset, EpochOrder, bag_loader, check_feature_files
+from querent.data.cohort import Cohort
+from querent.engine import checkpoint
+from querent.engine.metrics import fold_metrics
+from querent.engine.outputs import write_attention, write_metrics, write_predictions
+from querent.engine.tasks import Task, predictions_table, task_from_state
+from querent.engine.train import pick_device
+from querent.models import MILModel, create_model
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(path: str | Path) -> tuple[MILModel, Task, dict]:
+    """The model, fitted task and checkpoint of a ``model.pt`` (eval mode, on the CPU)."""
+    ckpt = checkpoint.load(path)
+    task = task_from_state(ckpt["task"])
+    run = ckpt["run"]
+    model = create_model(
+        run["arch"], in_dim=ckpt["in_dim"], n_outputs=task.n_outputs, **run["model"]
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), task, ckpt
+
+
+@torch.no_grad()
+def apply_model(
+    model: MILModel,
+    files: Mapping[str, Path],
+    slide_ids: Sequence[str],
+    *,
+    device: torch.device,
+    workers: int = 0,
+) -> tuple[torch.Tensor, dict[str, dict[str, object]]]:
+    """(slides, n_outputs) logits and per-slide attention outputs over whole bags."""
+    model = model.to(device).eval()
+    dataset = BagDataset(files, slide_ids, region_size=model.region_size)
+    logits, per_slide = [], {}
+    for bag in bag_loader(dataset, EpochOrder(len(slide_ids)), workers=workers):
+        out = model(bag.features.to(device), bag.cells.to(device), grid=bag.grid)
+        logits.append(out.logits.float().cpu())
+        per_slide[bag.slide_id] = {
+            "attention": out.attention.float().cpu().numpy(),
+            "selected": None if out.selected is None else out.selected.cpu().numpy(),
+            "region_of_patch": (
+                None if out.region_of_patch is None else out.region_of_patch.cpu().numpy()
+            ),
+            "features": str(files[bag.slide_id]),
+            "region_size": model.region_size,
+        }
+    return torch.stack(logits), per_slide
+
+
+def evaluate_fold(
+    model_path: str | Path,
+    cohort: Cohort,
+    files: Mapping[str, Path],
+    slide_ids: Sequence[str],
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    workers: int = 0,
+) -> dict:
+    """Evaluate one fold's model on its held-out slides; returns the metrics.
+
+    Writes ``out_dir``/predictions.csv, metrics.json and attention.h5.
+    """
+    out_dir = Path(out_dir)
+    model, task, ckpt = load_model(model_path)
+    check_compatible(ckpt, {s: files[s] for s in slide_ids}, model_path)
+    logits, per_slide = apply_model(
+        model, files, slide_ids, device=pick_device(device), workers=workers
+    )
+    case_ids = cohort.table.set_index("slide_id").loc[list(slide_ids), "case_id"].tolist()
+    table = predictions_table(task, cohort, list(slide_ids), case_ids, logits)
+    metrics = fold_metrics(table)
+    write_predictions(table, out_dir / "predictions.csv")
+    write_metrics(
+        {**metrics, "fold": ckpt["fold"], "epoch": ckpt["epoch"]}, out_dir / "metrics.json"
+    )
+    write_attention(per_slide, out_dir / "attention.h5")
+    return metrics
+
+
+def check_compatible(ckpt: dict, files: Mapping[str, Path], model_path: str | Path) -> None:
+    """Refuse feature files of another encoder or width than the model was trained on.
+
+    Raises:
+        CohortError: The message names the model, both encoders or widths, and the fix (mixed
+            files name their slides).
+    """
+    width, encoder = check_feature_files(files)
+    if width != ckpt["in_dim"]:
+        raise CohortError(
+            f"{model_path} was trained on {ckpt['in_dim']}-wide features of encoder "
+            f"{ckpt['encoder']!r}, but these feature files are {width} wide; extract the slides "
+            f"with {ckpt['encoder']!r}."
+        )
+    if encoder != ckpt["features_encoder"]:
+        raise CohortError(
+            f"{model_path} was trained on features of encoder {ckpt['features_encoder']!r}, but "
+            f"these slides were extracted with {encoder!r}; extract them with "
+            f"{ckpt['features_encoder']!r}."
+        )
+
+
+def predict_slides(
+    model_paths: Sequence[str | Path],
+    files: Mapping[str, Path],
+    out_dir: str | Path,
+    *,
+    cohort: Cohort | None = None,
+    case_ids: Mapping[str, str] | None = None,
+    device: str | None = None,
+    workers: int = 0,
+) -> None:
+    """Apply a run's fold models to new slides: the mean of their predictions and attention.
+
+    Writes ``out_dir``/predictions.csv (with the truth and metrics.json when ``cohort`` is
+    given) and attention.h5.
+
+    Raises:
+        FileFormatError: No model given, or models of different runs or tasks.
+        CohortError: Features of another encoder or width than the models'.
+    """
+    if not model_paths:
+        raise FileFormatError("no model.pt given; train the run first (rule train_model)")
+    slide_ids = sorted(files)
+    out_dir = Path(out_dir)
+    dev = pick_device(device)
+    outputs, tasks, per_model = [], [], []
+    for path in model_paths:
+        model, task, ckpt = load_model(path)
+        check_compatible(ckpt, files, path)
+        logits, per_slide = apply_model(model, files, slide_ids, device=dev, workers=workers)
+        outputs.append(task.prediction_columns(logits))
+        tasks.append(task.state())
+        per_model.append(per_slide)
+    if len({(state["name"], tuple(state.get("classes") or ())) for state in tasks}) > 1:
+        raise FileFormatError(
+            f"models of different tasks or classes cannot be averaged: {list(model_paths)}"
+        )
+    if case_ids is None:
+        case_ids = (
+            dict(zip(cohort.table["slide_id"], cohort.table["case_id"], strict=True))
+            if cohort is not None
+            else {s: s for s in slide_ids}
+        )
+    table = predictions_table(task, cohort, slide_ids, [case_ids[s] for s in slide_ids], logits)
+    for column in outputs[0]:
+        table[column] = np.mean([columns[column] for columns in outputs], axis=0)
+    write_predictions(table, out_dir / "predictions.csv")
+    if cohort is not None:
+        write_metrics(fold_metrics(table), out_dir / "metrics.json")
+    write_attention(_mean_attention(per_model), out_dir / "attention.h5")
+    logger.info(
+        "%d slides predicted with %d models -> %s", len(slide_ids), len(model_paths), out_dir
+    )
+
+
+def _mean_attention(per_model: list[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
+    """Mean pooling attention over models; region selections are per model and left out."""
+    merged = {}
+    for slide_id, first in per_model[0].items():
+        merged[slide_id] = {
+            "attention": np.mean([m[slide_id]["attention"] for m in per_model], axis=0),
+            "features": first["features"],
+            "n_models": len(per_model),
+        }
+    return merged

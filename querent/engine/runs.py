@@ -1,0 +1,190 @@
+"""Model runs and their training settings.
+
+A run is a name from the config, an architecture, its settings and training overrides:
+
+``models: {querent_k8: {arch: querent, top_k: 8, training: {lr: 2e-4}}}`` is the run
+``querent_k8``: ``create_model("querent", top_k=8, ...)`` trained with the ``training`` section
+updated by ``{lr: 2e-4}``. The run name is used in output paths, so two settings of one
+architecture coexist in the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from extractors.errors import SettingsError
+from querent.data.cohort import Cohort
+from querent.engine.tasks import Task, create_task
+
+#: Run names become folder names and wildcards.
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+#: Constructor arguments the data decides, not the config.
+_DATA_ARGUMENTS = {"in_dim", "n_outputs"}
+#: Learning rates of the paper when ``lr`` is not set.
+DEFAULT_LR = {"classification": 1e-4, "survival": 2e-4}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The config section ``training``; a model run may override any key."""
+
+    epochs: int = field(default=50, metadata={"help": "training epochs (the paper: 50)"})
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "AdamW learning rate; null: 1e-4 classification, 2e-4 survival"},
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(
+        default=1, metadata={"help": "slides per optimizer step (cox: the risk set, >= 8)"}
+    )
+    max_patches: int | None = field(
+        default=8192,
+        metadata={"help": "random patches per slide at training time; null: whole slides"},
+    )
+    patience: int | None = field(
+        default=10,
+        metadata={"help": "stop after this many epochs without a better validation metric"},
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clipping"})
+    scheduler: str = field(default="cosine", metadata={"help": "cosine | constant"})
+    class_weights: str = field(
+        default="none", metadata={"help": "none | balanced (classification)"}
+    )
+    survival_loss: str = field(
+        default="discrete", metadata={"help": "discrete (NLL over time bins) | cox"}
+    )
+    survival_bins: int = field(default=4, metadata={"help": "time bins of the discrete loss"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, order and patch subsets"})
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot train."""
+        problems = []
+        if self.epochs < 1 or self.batch_size < 1:
+            problems.append("epochs and batch_size must be >= 1")
+        if self.lr is not None and self.lr <= 0:
+            problems.append("lr must be > 0")
+        if self.max_patches is not None and self.max_patches < 1:
+            problems.append("max_patches must be >= 1 or null")
+        if self.patience is not None and self.patience < 1:
+            problems.append("patience must be >= 1 or null")
+        if self.scheduler not in ("cosine", "constant"):
+            problems.append(f"scheduler must be cosine or constant, got {self.scheduler!r}")
+        if self.survival_loss not in ("discrete", "cox"):
+            problems.append(f"survival_loss must be discrete or cox, got {self.survival_loss!r}")
+        if problems:
+            raise SettingsError("training: " + "; ".join(problems))
+
+    def task(self, cohort: Cohort) -> Task:
+        """The task these settings train on ``cohort``."""
+        if cohort.task == "classification":
+            return create_task(
+                "classification", classes=cohort.classes, class_weights=self.class_weights
+            )
+        if self.survival_loss == "cox":
+            task = create_task("cox")
+            if self.batch_size < task.min_batch:
+                raise SettingsError(
+                    f"training.batch_size {self.batch_size}: the Cox loss needs at least "
+                    f"{task.min_batch} slides per batch (its risk set); raise batch_size or use "
+                    "survival_loss: discrete."
+                )
+            return task
+        return create_task("survival", n_bins=self.survival_bins)
+
+    def resolved_lr(self, cohort_task: str) -> float:
+        """The learning rate: ``lr`` or the paper's default for the task."""
+        return self.lr if self.lr is not None else DEFAULT_LR[cohort_task]
+
+
+def settings_from(mapping: Mapping[str, object]) -> TrainSettings:
+    """TrainSettings from a config mapping, naming unknown keys.
+
+    Raises:
+        SettingsError: A key that is not a training setting.
+    """
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise SettingsError(
+            f"unknown training settings {unknown}; valid ones: {', '.join(sorted(known))}"
+        )
+    return TrainSettings(**mapping)
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model run.
+
+    Attributes:
+        name: Run name (paths and wildcards).
+        arch: Registered model name.
+        model: Keyword arguments of the model besides ``in_dim`` and ``n_outputs``.
+        training: Training settings with the run's overrides applied.
+    """
+
+    name: str
+    arch: str
+    model: dict
+    training: TrainSettings
+
+    def to_dict(self) -> dict:
+        """Plain data (checkpoints, resume signatures)."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "model": dict(self.model),
+            "training": dataclasses.asdict(self.training),
+        }
+
+
+def model_run(name: str, spec: Mapping[str, object], training: Mapping[str, object]) -> ModelRun:
+    """Build and check one run of the config.
+
+    Args:
+        name: Run name.
+        spec: ``{arch: ..., <model arguments>..., training: {<overrides>}}``.
+        training: The config's ``training`` section.
+
+    Raises:
+        SettingsError: Bad name, unknown arch (lists the valid ones), unknown model argument
+            (lists the valid ones) or bad training setting; the message names the run.
+    """
+    from querent.models import list_models
+    from querent.models.registry import model_class
+
+    where = f"models.{name}"
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise SettingsError(f"{where}: run names may hold letters, digits, '_', '.' and '-' only")
+    spec = dict(spec)
+    arch = spec.pop("arch", None)
+    if arch not in list_models():
+        raise SettingsError(
+            f"{where}: arch {arch!r} is not a model; choose one of: {', '.join(list_models())}"
+        )
+    overrides = spec.pop("training", None) or {}
+    parameters = inspect.signature(model_class(arch)).parameters
+    valid = sorted(set(parameters) - _DATA_ARGUMENTS)
+    unknown = sorted(set(spec) - set(valid))
+    if unknown:
+        raise SettingsError(
+            f"{where}: {arch} takes no argument {', '.join(unknown)}; valid ones: "
+            f"{', '.join(valid)}"
+        )
+    try:
+        settings = settings_from({**training, **overrides})
+    except SettingsError as err:
+        raise SettingsError(f"{where}: {err}") from None
+    return ModelRun(name, arch, spec, settings)
+
+
+def model_runs(
+    models: Mapping[str, Mapping[str, object]], training: Mapping[str, object]
+) -> dict[str, ModelRun]:
+    """Every run of the config's ``models`` section, checked."""
+    if not models:
+        raise SettingsError("models: name at least one model run, e.g. {abmil: {arch: abmil}}")
+    return {name: model_run(name, spec, training) for name, spec in models.items()}

@@ -1,0 +1,327 @@
+"""Training one model run on one fold: a timm-style loop, one slide per forward pass.
+
+``train_one_epoch`` and ``validate`` are the loop; ``train_fold`` wires cohort, splits, data,
+task, model and checkpoints together. A batch is ``batch_size`` slides whose logits are stacked
+before the loss, so Cox's risk set is the batch and class weights apply within it. The epoch's
+slide order and patch subsets come from generators seeded by (seed, epoch), and the global RNG
+states are saved every epoch, so a run killed at any point and started again ends with the same
+``model.pt`` as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from extractors.errors import QuerentError
+from extractors.io import atomic_path
+from querent.data.bags import (
+    IN_MEMORY_BYTES,
+    BagDataset,
+    EpochOrder,
+    bag_loader,
+    check_feature_files,
+    cohort_bytes,
+)
+from querent.data.cohort import Cohort
+from querent.engine import checkpoint
+from querent.engine.metrics import case_level, compute_metrics
+from querent.engine.runs import ModelRun, TrainSettings
+from querent.engine.tasks import Task, predictions_table
+from querent.models import MILModel, create_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(QuerentError):
+    """Training cannot go on (e.g. a NaN loss); the message names the epoch and slides."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _forward(model: MILModel, bag, device: torch.device) -> torch.Tensor:
+    features = bag.features.to(device, non_blocking=True)
+    cells = bag.cells.to(device, non_blocking=True)
+    amp = device.type == "cuda"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(features, cells, grid=bag.grid).logits.float()
+
+
+def train_one_epoch(
+    model: MILModel,
+    loader,
+    task: Task,
+    targets: Mapping[str, dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    settings: TrainSettings,
+    device: torch.device,
+    epoch: int,
+) -> float:
+    """One pass over the training slides; returns the mean batch loss.
+
+    Raises:
+        TrainingError: A loss is NaN or infinite (names the epoch and the batch's slides).
+    """
+    model.train()
+    losses, logits, slides = [], [], []
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="slide", leave=False, disable=None)
+    for i, bag in enumerate(bar):
+        logits.append(_forward(model, bag, device))
+        slides.append(bag.slide_id)
+        if len(slides) < settings.batch_size and i + 1 < len(loader):
+            continue
+        batch_targets = {
+            key: torch.stack([targets[s][key] for s in slides]).to(device)
+            for key in targets[slides[0]]
+        }
+        loss = task.loss(torch.stack(logits), batch_targets)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"epoch {epoch}: the loss is {loss.item()} on slides {', '.join(slides)}; check "
+                "their features, or lower training.lr."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        logits, slides = [], []
+    return float(np.mean(losses)) if losses else math.nan
+
+
+@torch.no_grad()
+def predict(model: MILModel, loader, device: torch.device) -> tuple[list[str], torch.Tensor]:
+    """Slide ids and (slides, n_outputs) logits of every bag of ``loader`` (whole bags)."""
+    model.eval()
+    slides, logits = [], []
+    for bag in loader:
+        slides.append(bag.slide_id)
+        logits.append(_forward(model, bag, device).cpu())
+    return slides, torch.stack(logits) if logits else torch.empty(0)
+
+
+def validate(
+    model: MILModel, loader, task: Task, cohort: Cohort, device: torch.device
+) -> tuple[float, float]:
+    """Validation loss (all slides as one batch) and the task's main metric at case level."""
+    slides, logits = predict(model, loader, device)
+    if not slides:
+        return math.nan, math.nan
+    targets = task.targets(cohort, slides)
+    loss = task.loss(logits, targets).item()
+    case_ids = cohort.table.set_index("slide_id").loc[slides, "case_id"].tolist()
+    table = predictions_table(task, cohort, slides, case_ids, logits)
+    return loss, compute_metrics(case_level(table))[task.main_metric]
+
+
+def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
+    """Higher metric wins; a NaN metric counts as -inf; ties go to the lower loss."""
+    return best is None or score > best
+
+
+def _score(metric: float, loss: float) -> tuple[float, float]:
+    return (-math.inf if math.isnan(metric) else metric, -math.inf if math.isnan(loss) else -loss)
+
+
+def train_fold(
+    run: ModelRun,
+    cohort: Cohort,
+    files: Mapping[str, Path],
+    train_ids: list[str],
+    val_ids: list[str],
+    out_dir: str | Path,
+    *,
+    encoder: str,
+    fold: int,
+    device: str | None = None,
+    workers: int = 1,
+    in_memory: bool | None = None,
+) -> Path:
+    """Train ``run`` on ``train_ids``, select its epoch on ``val_ids``, write ``model.pt``.
+
+    Writes ``history.csv`` (one row per epoch) and keeps ``resume.pt`` until the run ends; a
+    ``resume.pt`` of the same run (same settings, slides and fold) is continued.
+
+    Args:
+        run: The model run (architecture, model and training settings).
+        cohort: The cohort (targets of every slide).
+        files: Slide id -> feature file.
+        train_ids: Slides to train on.
+        val_ids: Slides that select the epoch (by the task's main metric); empty: the last.
+        out_dir: Folder of model.pt, history.csv and resume.pt.
+        encoder: Encoder name recorded in the checkpoint.
+        fold: Fold number recorded in the checkpoint.
+        device: ``cuda``, ``cpu`` or None (CUDA when available).
+        workers: Processes that read bags ahead of the model when streaming.
+        in_memory: Hold every bag after its first read (no workers then); None: when the
+            cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
+
+    Returns:
+        The path of ``model.pt``.
+    """
+    out_dir = Path(out_dir)
+    settings, dev = run.training, pick_device(device)
+    used = {s: files[s] for s in [*train_ids, *val_ids]}
+    in_dim, features_encoder = check_feature_files(used)
+    task = settings.task(cohort)
+    task.fit(cohort.subset(train_ids))
+    torch.manual_seed(settings.seed)
+    model = create_model(run.arch, in_dim=in_dim, n_outputs=task.n_outputs, **run.model).to(dev)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=settings.resolved_lr(cohort.task),
+        weight_decay=settings.weight_decay,
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+        if settings.scheduler == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    if in_memory is None:
+        in_memory = cohort_bytes(used) < IN_MEMORY_BYTES
+    datasets = {
+        name: BagDataset(
+            files,
+            ids,
+            region_size=model.region_size,
+            max_patches=settings.max_patches if name == "train" else None,
+            seed=settings.seed,
+            in_memory=in_memory,
+        )
+        for name, ids in (("train", train_ids), ("val", val_ids))
+    }
+    loader_workers = 0 if in_memory else workers
+    train_order = EpochOrder(len(train_ids), seed=settings.seed, shuffle=True)
+    train_loader = bag_loader(datasets["train"], train_order, workers=loader_workers)
+    val_loader = bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers)
+    targets = {s: _one(task.targets(cohort, [s])) for s in train_ids}
+    signature = {
+        "run": run.to_dict(),
+        "train": list(train_ids),
+        "val": list(val_ids),
+        "fold": fold,
+        "encoder": encoder,
+    }
+    state = _resume_state(out_dir / "resume.pt", signature)
+    history, best, stale, start = [], None, 0, 0
+    best_state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        history, stale, start = state["history"], state["stale"], state["epoch"] + 1
+        best = tuple(state["best"]) if state["best"] is not None else None
+        best_state = state["best_state"]
+        logger.info("%s: resuming after epoch %d", out_dir, state["epoch"])
+    for epoch in range(start, settings.epochs):
+        if settings.patience is not None and stale >= settings.patience:
+            break
+        started = time.perf_counter()
+        train_order.set_epoch(epoch)
+        train_loss = train_one_epoch(
+            model, train_loader, task, targets, optimizer, settings=settings, device=dev,
+            epoch=epoch,
+        )  # fmt: skip
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        val_loss, val_metric = validate(model, val_loader, task, cohort, dev)
+        score = _score(val_metric, val_loss) if val_ids else (float(epoch), 0.0)
+        if _better(score, best):
+            best, best_state, stale = score, _cpu_state(model), 0
+        else:
+            stale += 1
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                f"val_{task.main_metric}": val_metric,
+                "lr": lr,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        _write_history(history, out_dir / "history.csv")
+        checkpoint.save(
+            {
+                "signature": signature,
+                "epoch": epoch,
+                "model": _cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "history": history,
+                "best": list(best) if best is not None else None,
+                "best_state": best_state,
+                "stale": stale,
+            },
+            out_dir / "resume.pt",
+        )
+        logger.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f",
+            epoch, train_loss, val_loss, task.main_metric, val_metric,
+        )  # fmt: skip
+    best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
+    model_path = out_dir / "model.pt"
+    checkpoint.save(
+        {
+            "state_dict": best_state,
+            "run": run.to_dict(),
+            "task": task.state(),
+            "encoder": encoder,
+            "features_encoder": features_encoder,
+            "in_dim": in_dim,
+            "fold": fold,
+            "epoch": best_epoch,
+            "metric": history[best_epoch][f"val_{task.main_metric}"] if history else math.nan,
+            "querent_version": checkpoint.querent_version(),
+            "git_revision": checkpoint.git_revision(),
+        },
+        model_path,
+    )
+    (out_dir / "resume.pt").unlink(missing_ok=True)
+    return model_path
+
+
+def _one(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value[0] for key, value in targets.items()}
+
+
+def _cpu_state(model: MILModel) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+
+
+def _best_epoch(history: list[dict], metric: str, selected: bool) -> int:
+    if not selected or not history:
+        return len(history) - 1
+    scores = [_score(row[f"val_{metric}"], row["val_loss"]) for row in history]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
+
+
+def _resume_state(path: Path, signature: dict) -> dict | None:
+    """The resume state at ``path`` if it belongs to this very run, else None."""
+    if not path.exists():
+        return None
+    state = checkpoint.load(path)
+    if state.get("signature") != signature:
+        logger.warning("%s belongs to other settings or slides; starting afresh", path)
+        return None
+    return state

@@ -1,0 +1,62 @@
+"""Helpers shared by the tests that run the Snakemake workflow or the CLI for real."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+#: What a copy of the workflow needs.
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "profiles")
+#: The committed tiny test config.
+TINY_CONFIG = ROOT / "tests" / "workflow" / "config.yaml"
+
+
+def workflow_copy(path: Path) -> Path:
+    """A copy of the repository's workflow in ``path`` with the tiny test config beside it."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, path / name)
+    shutil.copy(TINY_CONFIG, path / "tiny.yaml")
+    return path
+
+
+def snakemake(project: Path, *args: str, config: dict | None = None) -> tuple[int, str]:
+    """Run Snakemake with the tiny config in ``project``: exit code and everything it printed.
+
+    ``config`` is a second config file (``override.yaml``), merged into the tiny config key by
+    key, as a user's extra ``--configfile`` would be.
+    """
+    files = ["tiny.yaml"]
+    if config:
+        (project / "override.yaml").write_text(yaml.safe_dump(config))
+        files.append("override.yaml")
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *files]
+    result = subprocess.run(
+        [*command, *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+    return result.returncode, result.stdout
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Jobs per rule from Snakemake's "Job stats" table."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job "):
+            in_table = True
+        elif in_table and line.strip() and not line.startswith("-"):
+            name, count = line.split()
+            if name == "total":
+                break
+            counts[name] = int(count)
+    return counts

@@ -1,0 +1,80 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from extractors.errors import CohortError
+from querent.data.bags import (
+    BagDataset,
+    EpochOrder,
+    bag_loader,
+    check_feature_files,
+    lattice_cells_of,
+    read_bag_arrays,
+)
+from querent.data.grid import build_grid
+
+
+def _files(synthetic_cohort):
+    _, folder = synthetic_cohort
+    return {path.stem: path for path in sorted(folder.glob("*.h5"))}
+
+
+def test_bags_carry_features_cells_and_the_models_grid(synthetic_cohort):
+    files = _files(synthetic_cohort)
+    slide = sorted(files)[0]
+    bag = BagDataset(files, [slide], region_size=2)[0]
+    with h5py.File(files[slide]) as h5:
+        features, coords = h5["features"][:], h5["coords"][:]
+    np.testing.assert_array_equal(bag.features.numpy(), features)
+    np.testing.assert_array_equal(bag.cells.numpy(), coords // 256)
+    np.testing.assert_array_equal(bag.grid.slots, build_grid(coords // 256, 1, 2).slots)
+    assert bag.cells.dtype == torch.int64 and bag.rows.tolist() == list(range(len(features)))
+
+
+def test_patch_subsets_depend_on_seed_and_epoch_only(synthetic_cohort):
+    files = _files(synthetic_cohort)
+    slides = sorted(files)[:4]
+    dataset = BagDataset(files, slides, max_patches=20, seed=3)
+
+    def rows(workers, epoch):
+        order = EpochOrder(len(slides))
+        order.set_epoch(epoch)
+        return [bag.rows.tolist() for bag in bag_loader(dataset, order, workers=workers)]
+
+    assert rows(0, 1) == rows(2, 1)  # workers change nothing
+    assert rows(0, 1) != rows(0, 2)  # each epoch draws anew
+    assert all(len(r) == 20 and r == sorted(r) for r in rows(0, 1))
+
+
+def test_epoch_order_shuffles_per_epoch_and_covers_every_bag():
+    order = EpochOrder(10, seed=1, shuffle=True)
+    first = [i for i, _ in order]
+    order.set_epoch(1)
+    second = list(order)
+    assert sorted(first) == sorted(i for i, _ in second) == list(range(10))
+    assert first != [i for i, _ in second] and {epoch for _, epoch in second} == {1}
+
+
+def test_clam_feature_files_without_attributes_read(tmp_path):
+    # CLAM's grid starts at each tissue piece's corner and its feature files carry no attributes
+    coords = np.array([[1000, 700], [1256, 700], [1000, 956]])
+    with h5py.File(tmp_path / "clam.h5", "w") as h5:
+        h5["features"] = np.ones((3, 4), np.float32)
+        h5["coords"] = coords
+    features, cells = read_bag_arrays(tmp_path / "clam.h5")
+    assert features.shape == (3, 4)
+    assert cells.tolist() == [[0, 0], [1, 0], [0, 1]]
+    assert lattice_cells_of(np.array([[512, 256]]), 256, "x").tolist() == [[2, 1]]
+
+
+def test_check_feature_files_lists_empty_slides(tmp_path, synthetic_cohort):
+    files = _files(synthetic_cohort)
+    with h5py.File(tmp_path / "empty.h5", "w") as h5:
+        h5.create_dataset("features", data=np.zeros((0, 16), np.float32)).attrs["encoder"] = (
+            "synthetic"
+        )
+        h5["coords"] = np.zeros((0, 2), np.int64)
+    with pytest.raises(CohortError, match="without patches: empty"):
+        check_feature_files({**files, "empty": tmp_path / "empty.h5"})
+    assert check_feature_files(files) == (16, "synthetic")

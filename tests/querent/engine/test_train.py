@@ -1,0 +1,236 @@
+"""The trainer on a real (small, synthetic) cohort: resume, determinism, checkpoints, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from extractors.errors import CohortError, SettingsError
+from querent.data.cohort import CohortSettings, read_cohort
+from querent.data.splits import SplitSettings, fold_slides, make_splits
+from querent.engine.evaluate import evaluate_fold, load_model, predict_slides
+from querent.engine.experiment import match_features
+from querent.engine.runs import model_run
+from querent.engine.train import TrainingError, train_fold
+
+RUNS = {
+    "abmil": {"arch": "abmil", "dim": 16, "attention_dim": 8},
+    "querent": {"arch": "querent", "dim": 16, "heads": 2, "region_size": 2, "top_k": 3},
+}
+
+
+def _setup(synthetic_cohort, task="classification"):
+    sheet, folder = synthetic_cohort
+    cohort = read_cohort(sheet, CohortSettings(task=task))
+    cohort, files = match_features(cohort, folder, "error")
+    splits = make_splits(cohort, SplitSettings(folds=3))
+    train, val, evaluate = fold_slides(splits, cohort, 0, val_fraction=0.2, seed=0)
+    return cohort, files, train, val, evaluate
+
+
+def _train(synthetic_cohort, out, arch="abmil", task="classification", **training):
+    cohort, files, train, val, _ = _setup(synthetic_cohort, task)
+    run = model_run(arch, RUNS[arch], {"epochs": 4, "max_patches": 50, **training})
+    return train_fold(run, cohort, files, train, val, out, encoder="synthetic", fold=0)
+
+
+@pytest.mark.parametrize("arch", list(RUNS))
+def test_training_is_deterministic_and_loads_weights_only(synthetic_cohort, tmp_path, arch):
+    first = _train(synthetic_cohort, tmp_path / "a", arch)
+    second = _train(synthetic_cohort, tmp_path / "b", arch)
+    assert first.read_bytes() == second.read_bytes()
+    ckpt = torch.load(first, weights_only=True)
+    assert ckpt["run"]["arch"] == arch and ckpt["task"]["classes"] == ["neg", "pos"]
+    assert ckpt["encoder"] == "synthetic" and ckpt["in_dim"] == 16 and ckpt["fold"] == 0
+    assert ckpt["querent_version"]
+    history = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert list(history.columns) == [
+        "epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"
+    ]  # fmt: skip
+    assert len(history) == 4 and np.isfinite(history["train_loss"]).all()
+    assert not (tmp_path / "a" / "resume.pt").exists()
+    model, task, _ = load_model(first)
+    assert task.classes == ("neg", "pos") and model.head.out_features == 2
+
+
+def test_a_different_seed_trains_a_different_model(synthetic_cohort, tmp_path):
+    first = _train(synthetic_cohort, tmp_path / "a")
+    other = _train(synthetic_cohort, tmp_path / "b", seed=1)
+    assert first.read_bytes() != other.read_bytes()
+
+
+_KILLABLE = """
+import sys
+from pathlib import Path
+from tests.querent.engine.test_train import _train
+_train((Path(sys.argv[1]), Path(sys.argv[2])), sys.argv[3], sys.argv[4], epochs=8)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(RUNS))
+def test_resume_after_sigkill_gives_the_same_model(synthetic_cohort, tmp_path, arch):
+    uninterrupted = _train(synthetic_cohort, tmp_path / "whole", arch, epochs=8)
+    out = tmp_path / "killed"
+    sheet, folder = synthetic_cohort
+    command = [sys.executable, "-c", _KILLABLE, str(sheet), str(folder), str(out), arch]
+    root = Path(__file__).resolve().parents[3]
+    process = subprocess.Popen(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (out / "resume.pt").exists() and len(pd.read_csv(out / "history.csv")) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "model.pt").exists() and (out / "resume.pt").exists()
+    done = len(pd.read_csv(out / "history.csv"))
+    assert 3 <= done < 8
+    resumed = _train(synthetic_cohort, out, arch, epochs=8)
+    assert resumed.read_bytes() == uninterrupted.read_bytes()
+    assert (
+        pd.read_csv(out / "history.csv")
+        .drop(columns="seconds")
+        .equals(pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"))
+    )
+
+
+def test_a_resume_file_of_other_settings_is_not_continued(synthetic_cohort, tmp_path, caplog):
+    _train(synthetic_cohort, tmp_path / "a", epochs=2)
+    (tmp_path / "a" / "model.pt").unlink()
+    # leave a resume file of another run behind: its signature differs
+    stale = _train(synthetic_cohort, tmp_path / "b", epochs=2)
+    torch.save({"signature": {"other": 1}, "epoch": 5}, tmp_path / "a" / "resume.pt")
+    again = _train(synthetic_cohort, tmp_path / "a", epochs=2)
+    assert again.read_bytes() == stale.read_bytes()
+    assert "starting afresh" in caplog.text
+
+
+def test_evaluation_and_deployment_agree(synthetic_cohort, tmp_path):
+    cohort, files, _, _, evaluate = _setup(synthetic_cohort)
+    model = _train(synthetic_cohort, tmp_path / "m", "querent")
+    metrics = evaluate_fold(model, cohort, files, evaluate, tmp_path / "eval")
+    assert set(metrics["level"]["case"]) == {"auc", "balanced_accuracy", "f1_macro", "accuracy"}
+    table = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert list(table.columns) == ["slide_id", "case_id", "truth", "prob_neg", "prob_pos"]
+    assert sorted(table["slide_id"]) == sorted(evaluate)
+    with h5py.File(tmp_path / "eval" / "attention.h5") as h5:
+        group = h5[evaluate[0]]
+        n = h5py.File(files[evaluate[0]])["features"].shape[0]
+        assert group["attention"].shape == (n,)
+        assert group["selected"].shape[:2] == (2, n) and group["region_of_patch"].shape == (n,)
+        assert group["attention"][:].sum() == pytest.approx(1.0, abs=1e-5)
+
+    predict_slides([model], {s: files[s] for s in evaluate}, tmp_path / "deploy")
+    deployed = pd.read_csv(tmp_path / "deploy" / "predictions.csv").set_index("slide_id")
+    expected = table.set_index("slide_id").loc[deployed.index]
+    np.testing.assert_allclose(
+        deployed[["prob_neg", "prob_pos"]], expected[["prob_neg", "prob_pos"]]
+    )
+
+
+def test_survival_training_with_discrete_and_cox_losses(synthetic_cohort, tmp_path):
+    cohort, files, _, _, evaluate = _setup(synthetic_cohort, "survival")
+    for loss, batch in (("discrete", 1), ("cox", 8)):
+        model = _train(
+            synthetic_cohort, tmp_path / loss, task="survival", survival_loss=loss, batch_size=batch
+        )
+        metrics = evaluate_fold(model, cohort, files, evaluate, tmp_path / f"eval_{loss}")
+        assert set(metrics["level"]["case"]) == {"c_index"}
+        columns = pd.read_csv(tmp_path / f"eval_{loss}" / "predictions.csv").columns
+        assert {"time", "event", "risk"} <= set(columns)
+    with pytest.raises(SettingsError, match="at least 8 slides"):
+        _train(synthetic_cohort, tmp_path / "c", task="survival", survival_loss="cox")
+
+
+def _copy_features(folder, out, change=None):
+    out.mkdir()
+    for path in folder.glob("*.h5"):
+        (out / path.name).write_bytes(path.read_bytes())
+    if change:
+        with h5py.File(out / sorted(p.name for p in out.iterdir())[0], "r+") as h5:
+            change(h5)
+    return out
+
+
+def test_bad_feature_files_stop_before_training(synthetic_cohort, tmp_path):
+    sheet, folder = synthetic_cohort
+    cohort = read_cohort(sheet, CohortSettings())
+    first = sorted(cohort.slide_ids)[0]
+
+    def with_nan(h5):
+        h5["features"][0, 0] = np.nan
+
+    def wider(h5):
+        del h5["features"]
+        h5.create_dataset("features", data=np.zeros((5, 17), np.float32))
+
+    def other_encoder(h5):
+        h5["features"].attrs["encoder"] = "uni_v2"
+
+    run = model_run("abmil", RUNS["abmil"], {"epochs": 1})
+    for change, message in ((with_nan, "NaN"), (wider, "different widths"),
+                            (other_encoder, "different encoders")):  # fmt: skip
+        files_dir = _copy_features(folder, tmp_path / change.__name__, change)
+        _, files = match_features(cohort, files_dir, "error")
+        with pytest.raises(CohortError, match=message) as err:
+            train_fold(
+                run, cohort, files, cohort.slide_ids, [], tmp_path / "m", encoder="x", fold=0
+            )
+        assert first in str(err.value)
+        assert not (tmp_path / "m").exists()
+
+
+def test_missing_and_extra_feature_files_are_named(synthetic_cohort, tmp_path):
+    sheet, folder = synthetic_cohort
+    cohort = read_cohort(sheet, CohortSettings())
+    files_dir = _copy_features(folder, tmp_path / "f")
+    missing = sorted(cohort.slide_ids)[3]
+    (files_dir / f"{missing}.h5").unlink()
+    (files_dir / "stray_slide.h5").write_bytes((folder / f"{cohort.slide_ids[0]}.h5").read_bytes())
+    with pytest.raises(CohortError) as err:
+        match_features(cohort, files_dir, "error")
+    assert missing in str(err.value) and "stray_slide" in str(err.value)
+    assert "on_missing: skip" in str(err.value)
+    kept, files = match_features(cohort, files_dir, "skip")
+    assert missing not in kept.slide_ids and "stray_slide" not in files
+
+
+def test_a_diverging_loss_names_the_epoch_and_slide(synthetic_cohort, tmp_path):
+    cohort, files, train, _, _ = _setup(synthetic_cohort)
+    run = model_run("abmil", RUNS["abmil"], {"epochs": 1, "lr": 1e36, "scheduler": "constant"})
+    with pytest.raises(TrainingError, match=r"epoch 0: the loss is (nan|inf) on slides syn_"):
+        train_fold(run, cohort, files, train, [], tmp_path / "m", encoder="x", fold=0)
+    assert not (tmp_path / "m" / "model.pt").exists()
+
+
+def test_deployment_refuses_features_of_another_encoder_or_width(synthetic_cohort, tmp_path):
+    sheet, folder = synthetic_cohort
+    model = _train(synthetic_cohort, tmp_path / "m", epochs=1)
+    slide = sorted(p.stem for p in folder.glob("*.h5"))[0]
+
+    def relabelled(h5):
+        h5["features"].attrs["encoder"] = "uni_v2"
+
+    def wider(h5):
+        del h5["features"]
+        h5.create_dataset("features", data=np.zeros((5, 17), np.float32)).attrs["encoder"] = "x"
+
+    for change, message in ((relabelled, "extracted with 'uni_v2'"), (wider, "17 wide")):
+        copy = tmp_path / change.__name__
+        copy.mkdir()
+        (copy / f"{slide}.h5").write_bytes((folder / f"{slide}.h5").read_bytes())
+        with h5py.File(copy / f"{slide}.h5", "r+") as h5:
+            change(h5)
+        with pytest.raises(CohortError, match=message):
+            predict_slides([model], {slide: copy / f"{slide}.h5"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,46 @@
+"""One fact in one place: config.yaml and the schema agree with the settings' dataclasses."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from extractors.wsi.tiling import TilingParams
+from querent.data.cohort import CohortSettings
+from querent.data.splits import SplitSettings
+from querent.engine.runs import TrainSettings, model_runs
+from tests.helpers import ROOT
+
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SECTIONS = {
+    "tiling": TilingParams,
+    "cohort": CohortSettings,
+    "splits": SplitSettings,
+    "training": TrainSettings,
+}
+
+
+def _schema_properties(section):
+    node = SCHEMA["properties"][section]
+    if "$ref" in node:
+        node = SCHEMA["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    return node["properties"]
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_config_schema_and_dataclass_share_keys_and_defaults(section):
+    defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
+    properties = _schema_properties(section)
+    assert set(properties) == set(defaults) == set(CONFIG[section])
+    for name, default in defaults.items():
+        assert properties[name]["default"] == default, name
+        assert CONFIG[section][name] == default, name
+        assert properties[name]["description"], name
+
+
+def test_the_default_model_runs_are_valid():
+    runs = model_runs(CONFIG["models"], CONFIG["training"])
+    assert sorted(runs) == ["abmil", "querent"]
+    assert runs["querent"].model == {"region_size": 4, "top_k": 8}
+    assert SCHEMA["properties"]["models"]["default"] == CONFIG["models"]

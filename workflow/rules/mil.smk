@@ -1,0 +1,90 @@
+rule make_splits:
+    input:
+        sheet=cohort_sheet(),
+        splits_file=split_file_input(),
+    output:
+        "results/splits/splits.csv",
+    params:
+        cohort=config["cohort"],
+        splits=config["splits"],
+        slides=TRAIN_SLIDES,
+    log:
+        "logs/splits/splits.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/make_splits.py"
+
+
+rule train_model:
+    input:
+        sheet=cohort_sheet(),
+        splits="results/splits/splits.csv",
+        features=train_features,
+    output:
+        model="results/models/{model}/{encoder}/fold_{fold}/model.pt",
+        history="results/models/{model}/{encoder}/fold_{fold}/history.csv",
+    params:
+        run=lambda wildcards: config["models"][wildcards.model],
+        training=config["training"],
+    log:
+        "logs/models/{model}/{encoder}/fold_{fold}.log",
+    benchmark:
+        "logs/models/{model}/{encoder}/fold_{fold}.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/train_model.py"
+
+
+rule evaluate_model:
+    input:
+        sheet=cohort_sheet(),
+        splits="results/splits/splits.csv",
+        model="results/models/{model}/{encoder}/fold_{fold}/model.pt",
+        features=train_features,
+    output:
+        predictions="results/eval/{model}/{encoder}/fold_{fold}/predictions.csv",
+        metrics="results/eval/{model}/{encoder}/fold_{fold}/metrics.json",
+        attention="results/eval/{model}/{encoder}/fold_{fold}/attention.h5",
+    log:
+        "logs/eval/{model}/{encoder}/fold_{fold}.log",
+    benchmark:
+        "logs/eval/{model}/{encoder}/fold_{fold}.benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/evaluate_model.py"
+
+
+rule aggregate_metrics:
+    input:
+        predictions=expand(
+            "results/eval/{model}/{encoder}/fold_{fold}/predictions.csv",
+            model=list(config["models"]),
+            encoder=ENCODER,
+            fold=FOLDS,
+        ),
+    output:
+        "results/eval/summary.tsv",
+    params:
+        runs=[(model, ENCODER) for model in config["models"]],
+        folds=FOLDS,
+    log:
+        "logs/eval/summary.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/aggregate_metrics.py"

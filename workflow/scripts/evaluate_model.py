@@ -1,0 +1,23 @@
+"""Snakemake adapter: evaluate one fold's model on the fold's held-out slides."""
+
+from pathlib import Path
+
+import torch
+
+from extractors.logs import log_to_file
+from querent.engine.evaluate import evaluate_fold
+from querent.engine.experiment import load_experiment
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+experiment = load_experiment(
+    snakemake.config, available={Path(p).stem for p in snakemake.input.features}
+)
+_, _, eval_ids = experiment.fold(snakemake.input.splits, int(snakemake.wildcards.fold))
+evaluate_fold(
+    snakemake.input.model,
+    experiment.cohort,
+    experiment.files,
+    eval_ids,
+    Path(snakemake.output.metrics).parent,
+)
