@@ -77,11 +77,11 @@ def _tissue_params(args: argparse.Namespace) -> tissue.TissueParams:
 
 
 def run_segment(args: argparse.Namespace) -> None:
-    """Segment one slide: DIR/{slide_id}.geojson and DIR/{slide_id}_qc.png."""
+    """Segment one slide: DIR/{slide_id}.geojson, _qc.png and the thumbnail .jpg (+ .json)."""
     with _open(args) as slide:
         out = args.out_dir / slide.slide_id
         result = tissue.segment_slide(
-            slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png"
+            slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png", f"{out}.jpg"
         )
     area_mm2 = result.tissue_area_um2 / 1e6
     print(f"{out}.geojson\t{len(result.polygons)} tissue pieces\t{area_mm2:.3f} mm²")

@@ -5,6 +5,8 @@ slide library.
 
 - Coords file: ``coords`` (N, 2) int64 level-0 top-left (x, y) carrying TRIDENT's, CLAM's and
   our attributes, and ``tissue_fraction`` (N,).
+- Attention file (evaluation): per slide, pooling attention and region selections
+  (:func:`write_attention`).
 - Feature file: ``features`` (N, D) float32 (attributes: encoder, embed_dim, ...) and ``coords``
   (N, 2), rows aligned, ``coords`` carrying every attribute of the coords file; optionally
   ``skipped_coords``. CLAM's and TRIDENT's feature files have the same two datasets.
@@ -16,7 +18,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import reduce
 from pathlib import Path
 
@@ -161,3 +163,32 @@ def lattice_step(attrs: dict, coords: np.ndarray | None, source: str | Path) -> 
         "and too few patches to infer it, so the lattice is unknown; tile the slide with "
         "`querent tile`."
     )
+
+
+def write_attention(slides: Mapping[str, Mapping[str, object]], path: str | Path) -> None:
+    """Write attention.h5 (atomic): ``{slide_id: {"attention": ..., "selected": ..., ...}}``.
+
+    One group per slide, rows aligned with the slide's feature file: ``attention`` (n,) pooling
+    weight of every patch, and for models with regions ``selected`` (h, n, k) the regions each
+    patch attended to in the last query-aware layer and ``region_of_patch`` (n,); attributes
+    ``features`` (the feature file) and ``region_size``. Arrays become datasets, everything
+    else group attributes (None values are left out).
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for slide_id, values in slides.items():
+            group = h5.create_group(slide_id)
+            for key, value in values.items():
+                if isinstance(value, np.ndarray):
+                    group.create_dataset(key, data=value, compression="gzip", compression_opts=1)
+                elif value is not None:
+                    group.attrs[key] = value
+
+
+def read_attention(path: str | Path, slide_id: str) -> dict[str, object]:
+    """One slide's arrays and attributes from attention.h5."""
+    try:
+        with h5py.File(path, "r") as h5:
+            group = h5[slide_id]
+            return {**dict(group.attrs), **{key: group[key][:] for key in group}}
+    except (OSError, KeyError) as err:
+        raise FileFormatError(f"{path}: no attention of slide {slide_id!r} ({err})") from err

@@ -164,3 +164,21 @@ def collate_blocks(items: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Te
         torch.from_numpy(patches),
         torch.from_numpy(failed_indices.astype(np.int64)),
     )
+
+
+def read_patch_images(slide: Slide, coords: np.ndarray, coords_attrs: dict) -> list[np.ndarray]:
+    """Patches of ``coords`` as seen at the tiling resolution, for pictures (not for encoders).
+
+    Each is read at the coords file's level and resized to its ``patch_size``.
+
+    Returns:
+        RGB uint8 arrays (patch_size, patch_size, 3), in the order of ``coords``.
+    """
+    level = int(coords_attrs["patch_level"])
+    read_size = int(coords_attrs["read_size"])
+    side = int(coords_attrs["patch_size"])
+    images = []
+    for x, y in np.asarray(coords, np.int64).reshape(-1, 2):
+        patch = slide.read_region((int(x), int(y)), level, (read_size, read_size))
+        images.append(prepare_patch(patch, side, side).transpose(1, 2, 0))
+    return images

@@ -52,6 +52,19 @@ def _hits(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
             ("openslide", "cv2", "extractors.wsi", "extractors.encoders"),
         ),
         (("querent.data.cohort", "querent.data.splits"), ("torch",)),
+        (
+            (
+                "querent.plots.curves",
+                "querent.plots.confusion",
+                "querent.plots.survival",
+                "querent.plots.summary",
+                "querent.plots.heatmap",
+                "querent.plots.qupath",
+                "querent.plots.mosaic",
+                "querent.plots.thumbnails",
+            ),
+            ("torch", "openslide", "cv2", "extractors.wsi", "querent.engine", "querent.models"),
+        ),
         (("extractors.io", "extractors.errors"), ("torch", "openslide", "cv2", "querent")),
     ],
 )

@@ -333,11 +333,48 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(encoded.tobytes())
 
 
+def write_thumbnail(
+    path: str | Path, thumbnail: np.ndarray, level0_size: tuple[int, int], mpp: float
+) -> None:
+    """Save a whole-slide thumbnail (JPEG, at most :data:`QC_MAX_SIDE` a side) and its scale.
+
+    Writes ``path`` and ``path`` with ``.json``: ``downsample`` (level-0 pixels per thumbnail
+    pixel, x and y), ``level0_width``, ``level0_height`` and ``level0_mpp``, so heatmaps paint
+    level-0 patch geometry on it without opening the slide
+    (:func:`querent.plots.thumbnails.read_thumbnail` reads both).
+    """
+    factor = min(1.0, QC_MAX_SIDE / max(thumbnail.shape[:2]))
+    if factor < 1.0:
+        size = (round(thumbnail.shape[1] * factor), round(thumbnail.shape[0] * factor))
+        thumbnail = cv2.resize(thumbnail, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
+    if not ok:
+        raise ValueError(f"{path}: JPEG encoding failed")
+    scale = {
+        "downsample": [level0_size[0] / thumbnail.shape[1], level0_size[1] / thumbnail.shape[0]],
+        "level0_width": level0_size[0],
+        "level0_height": level0_size[1],
+        "level0_mpp": mpp,
+    }
+    with atomic_path(Path(path).with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(scale, indent=2) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
 def segment_slide(
-    slide: Slide, params: TissueParams, geojson_path: str | Path, qc_path: str | Path
+    slide: Slide,
+    params: TissueParams,
+    geojson_path: str | Path,
+    qc_path: str | Path,
+    thumbnail_path: str | Path | None = None,
 ) -> Segmentation:
-    """Segment a slide and write its tissue GeoJSON and QC picture."""
+    """Segment a slide; write its tissue GeoJSON, QC picture and (optionally) thumbnail."""
     result = segment(slide, params)
+    if thumbnail_path is not None:
+        write_thumbnail(thumbnail_path, result.thumbnail, result.level0_size, slide.mpp)
     write_geojson(
         geojson_path,
         result.polygons,

@@ -9,6 +9,7 @@ from extractors.wsi.tiling import TilingParams
 from querent.data.cohort import CohortSettings
 from querent.data.splits import SplitSettings
 from querent.engine.runs import TrainSettings, model_runs
+from querent.figures import PlotSettings
 from tests.helpers import ROOT
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -18,6 +19,7 @@ SECTIONS = {
     "cohort": CohortSettings,
     "splits": SplitSettings,
     "training": TrainSettings,
+    "plots": PlotSettings,
 }
 
 
@@ -30,7 +32,10 @@ def _schema_properties(section):
 
 @pytest.mark.parametrize("section", list(SECTIONS))
 def test_config_schema_and_dataclass_share_keys_and_defaults(section):
-    defaults = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}
+    defaults = {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in dataclasses.fields(SECTIONS[section])
+    }
     properties = _schema_properties(section)
     assert set(properties) == set(defaults) == set(CONFIG[section])
     for name, default in defaults.items():

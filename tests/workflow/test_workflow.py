@@ -4,13 +4,18 @@ Every run uses the committed tiny config (tests/workflow/config.yaml) and varies
 with ``--config``, as a user would.
 """
 
+import base64
+import os
+import re
 import shutil
+import subprocess
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib import image as plt_image
 
 from extractors.io import read_coords
 from querent.data.grid import build_grid
@@ -63,10 +68,17 @@ def test_config_errors_stop_before_any_job(tmp_path, config, named):
     assert not (project / "results").exists()
 
 
-def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tmp_path):
-    project = workflow_copy(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny demo run to its end: (project folder, Snakemake's output)."""
+    project = workflow_copy(tmp_path_factory.mktemp("tiny"))
     code, output = snakemake(project)
     assert code == 0, output
+    return project, output
+
+
+def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
+    project, output = tiny_run
     slides = [f"demo_00{i}" for i in range(4)]
     for slide in slides:
         coords, attrs = read_coords(project / f"results/coords/{slide}.h5")
@@ -97,17 +109,30 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tmp_path):
     assert sorted(summary["model"]) == ["abmil", "querent"] and (summary["n_cases"] == 4).all()
     assert "auc" in output and "querent" in output.split("Complete log")[0][-2000:]
 
+    for model in ("querent", "abmil"):
+        plots = project / f"results/plots/{model}/efficientnet_lite0"
+        assert {p.name for p in plots.iterdir()} >= {"roc.png", "roc.svg", "confusion.png"}
+        heatmaps = project / f"results/heatmaps/{model}/efficientnet_lite0"
+        index = pd.read_csv(heatmaps / "index.tsv", sep="\t")
+        assert len(index) >= 2 and set(index["slide_id"]) <= set(slides)
+        for slide in index["slide_id"]:
+            assert (heatmaps / f"{slide}_attention.png").stat().st_size > 0
+            assert (heatmaps / f"{slide}.geojson").exists()
+            assert (project / f"results/top_patches/{model}/efficientnet_lite0/"
+                    f"{slide}_top_patches.jpg").exists()  # fmt: skip
+        assert (heatmaps / f"{index['slide_id'][0]}_query.png").exists() == (model == "querent")
+    assert (project / "results/plots/summary.png").exists()
+
     assert "Nothing to be done" in snakemake(project, "-n")[1]
-    code, output = snakemake(project, "--report", "report.html")
-    assert code == 0, output
-    assert "demo_001_qc.png" in (project / "report.html").read_text()
 
     # one model run's setting re-runs that run's training and evaluation only
     code, output = snakemake(project, "-n", config={"models": {"querent": {"top_k": 3}}})
     assert job_counts(output) == {
-        "train_model": 2, "evaluate_model": 2, "aggregate_metrics": 1, "default": 1
+        "train_model": 2, "evaluate_model": 2, "plot_run": 1, "draw_heatmaps": 1,
+        "top_patches": 1, "aggregate_metrics": 1, "plot_summary": 1, "default": 1,
     }, output  # fmt: skip
-    assert "results/models/abmil" not in output.split("Job stats")[-1]
+    plan = output.split("Job stats")[-1]
+    assert "models/abmil" not in plan and "heatmaps/abmil" not in plan
 
     # exports add only their own jobs, and CLAM's copy holds the same features
     exporting = {"features": {"export_clam": True, "export_stamp": True}}
@@ -125,6 +150,47 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tmp_path):
     counts = job_counts(snakemake(project, "-n", config={"tiling": {"patch_size": 128}})[1])
     assert counts["tile_slide"] == counts["extract_features"] == 4
     assert counts["train_model"] == 4 and "segment_tissue" not in counts
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--virtual-time-budget=20000", "--window-size=1400,1000",
+)  # fmt: skip
+
+
+def _embedded(dom: str, suffix: str) -> list[bytes]:
+    """The files whose name ends in ``suffix`` embedded in a Snakemake report, decoded."""
+    pattern = r"data:[^;]+;charset=utf8;filename=([^;]+);base64,([A-Za-z0-9+/=]+)"
+    return [
+        base64.b64decode(data) for name, data in re.findall(pattern, dom) if name.endswith(suffix)
+    ]
+
+
+def test_report_renders_in_a_browser(tiny_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium (.ci/run installs Debian's package)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    project, _ = tiny_run
+    code, output = snakemake(project, "--report", "report.html")
+    assert code == 0, output
+    url = (project / "report.html").as_uri()
+    shot = tmp_path / "report.png"
+    run = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([*run, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    pixels = plt_image.imread(shot)
+    assert pixels.shape[:2] == (1000, 1400) and pixels[..., :3].std() > 0.05  # not blank
+    dom = subprocess.run(
+        [*run, "--dump-dom", url], capture_output=True, text=True, timeout=180
+    ).stdout
+    assert "Results" in dom and "Tissue and patches" in dom
+    tables = _embedded(dom, "summary.html")
+    assert tables and b"<table" in tables[0] and b"querent" in tables[0] and b"abmil" in tables[0]
+    heatmaps = _embedded(dom, "_attention.png")
+    assert heatmaps and all(png.startswith(b"\x89PNG") for png in heatmaps)
+    assert _embedded(dom, "roc.png") and _embedded(dom, "_top_patches.jpg")
 
 
 def test_own_feature_files_train_without_slides(tmp_path, synthetic_cohort):

@@ -125,13 +125,26 @@ def slide_path(wildcards):
     return str(SLIDES[wildcards.slide].path)
 
 
-def slide_kwargs(wildcards):
+def slide_kwargs_of(slide):
     """Keyword arguments of extractors.wsi.reader.Slide for one slide."""
     return {
-        "slide_id": wildcards.slide,
-        "mpp_override": SLIDES[wildcards.slide].mpp,
+        "slide_id": slide,
+        "mpp_override": SLIDES[slide].mpp,
         "mpp_default": config["slides"]["mpp_default"],
     }
+
+
+def slide_kwargs(wildcards):
+    return slide_kwargs_of(wildcards.slide)
+
+
+def trained_slides():
+    """Slide files of the slides that train (the top-patch mosaics read them)."""
+    return [str(SLIDES[slide].path) for slide in TRAIN_SLIDES]
+
+
+def trained_slide_kwargs():
+    return {slide: slide_kwargs_of(slide) for slide in TRAIN_SLIDES}
 
 
 def tissue_settings(wildcards):
@@ -171,5 +184,11 @@ def all_outputs():
     if config["demo"]["enabled"] and not OWN_FEATURES:
         outputs.append("resources/demo/cohort.csv")
     if TRAIN_SLIDES:
-        outputs.append("results/eval/summary.tsv")
+        outputs += ["results/eval/summary.tsv", "results/plots/summary.png"]
+        outputs += expand("results/plots/{model}/{encoder}", model=config["models"], encoder=ENCODER)
+        if not OWN_FEATURES:  # heatmaps are drawn on the slides' thumbnails
+            results = ["results/heatmaps/{model}/{encoder}"]
+            if config["plots"]["top_patches"]:
+                results.append("results/top_patches/{model}/{encoder}")
+            outputs += expand(results, model=config["models"], encoder=ENCODER)
     return outputs

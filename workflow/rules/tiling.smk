@@ -4,6 +4,8 @@ rule segment_tissue:
     output:
         geojson="results/tissue/{slide}.geojson",
         qc="results/tissue/{slide}_qc.png",
+        thumbnail="results/thumbnails/{slide}.jpg",
+        scale="results/thumbnails/{slide}.json",
     params:
         slide=slide_kwargs,
         tissue=tissue_settings,

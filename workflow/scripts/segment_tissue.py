@@ -7,4 +7,6 @@ from extractors.wsi.reader import Slide
 log_to_file(snakemake.log[0])
 params = tissue.tissue_params(**snakemake.params.tissue)
 with Slide(snakemake.input.slide, **snakemake.params.slide) as slide:
-    tissue.segment_slide(slide, params, snakemake.output.geojson, snakemake.output.qc)
+    tissue.segment_slide(
+        slide, params, snakemake.output.geojson, snakemake.output.qc, snakemake.output.thumbnail
+    )

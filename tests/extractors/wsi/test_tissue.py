@@ -7,6 +7,7 @@ import pytest
 from extractors.demo import write_synthetic_slide
 from extractors.wsi import tissue
 from extractors.wsi.reader import Slide
+from querent.plots.thumbnails import read_thumbnail
 
 
 def _slide_from_map(path, label_map, *, mpp=0.5, cell=32, ink_map=None):
@@ -151,3 +152,23 @@ def test_unknown_preset_or_setting_lists_valid_ones():
         tissue.tissue_params("frozen")
     with pytest.raises(ValueError, match="min_tissue_area_um2"):
         tissue.tissue_params(min_area=3)
+
+
+def test_the_segmentation_thumbnail_is_saved_with_its_scale(tmp_path, cmu_3level_slide):
+    with Slide(cmu_3level_slide) as slide:
+        result = tissue.segment_slide(
+            slide, tissue.tissue_params(), tmp_path / "t.geojson", tmp_path / "t_qc.png",
+            tmp_path / "thumbs" / "t.jpg",
+        )  # fmt: skip
+        level0 = slide.dimensions
+    image, downsample = read_thumbnail(tmp_path / "thumbs" / "t.jpg")
+    scale = json.loads((tmp_path / "thumbs" / "t.json").read_text())
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    assert max(image.shape[:2]) <= tissue.QC_MAX_SIDE
+    assert downsample == pytest.approx(scale["downsample"][0], rel=1e-3)
+    assert scale["downsample"][0] * image.shape[1] == pytest.approx(level0[0])
+    assert scale["downsample"][1] * image.shape[0] == pytest.approx(level0[1])
+    assert scale["level0_mpp"] == pytest.approx(0.499)
+    # the saved picture is the segmented one, resized: same colours within JPEG error
+    expected = cv2.resize(result.thumbnail, image.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - expected.astype(int)).mean() < 4

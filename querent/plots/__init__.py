@@ -1,0 +1,1 @@
+"""Figures from arrays and tables: ROC, training curves, confusion, Kaplan-Meier, summaries."""

@@ -1,0 +1,111 @@
+rule plot_run:
+    input:
+        predictions=expand(
+            "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
+        ),
+        histories=expand(
+            "results/models/{{model}}/{{encoder}}/fold_{fold}/history.csv", fold=FOLDS
+        ),
+    output:
+        report(
+            directory("results/plots/{model}/{encoder}"),
+            patterns=["{name}.png"],
+            caption="../report/run_plots.rst",
+            category="Results",
+            subcategory="{model} ({encoder})",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        plots=config["plots"],
+    log:
+        "logs/plots/{model}/{encoder}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_run.py"
+
+
+rule plot_summary:
+    input:
+        "results/eval/summary.tsv",
+    output:
+        table=report(
+            "results/plots/summary.html",
+            caption="../report/summary.rst",
+            category="Results",
+            subcategory="Summary",
+            labels={"figure": "metrics table"},
+        ),
+        figure=report(
+            "results/plots/summary.png",
+            caption="../report/summary_plot.rst",
+            category="Results",
+            subcategory="Summary",
+            labels={"figure": "main metric"},
+        ),
+    params:
+        plots=config["plots"],
+    log:
+        "logs/plots/summary.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/plot_summary.py"
+
+
+rule draw_heatmaps:
+    input:
+        predictions=expand(
+            "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
+        ),
+        attention=expand(
+            "results/eval/{{model}}/{{encoder}}/fold_{fold}/attention.h5", fold=FOLDS
+        ),
+        thumbnails=expand("results/thumbnails/{slide}.jpg", slide=TRAIN_SLIDES),
+        tissue=expand("results/tissue/{slide}.geojson", slide=TRAIN_SLIDES),
+        features=train_features,
+    output:
+        report(
+            directory("results/heatmaps/{model}/{encoder}"),
+            patterns=["{name}.png"],
+            caption="../report/heatmaps.rst",
+            category="Results",
+            subcategory="{model} ({encoder})",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        plots=config["plots"],
+    log:
+        "logs/heatmaps/{model}/{encoder}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/draw_heatmaps.py"
+
+
+rule top_patches:
+    input:
+        heatmaps="results/heatmaps/{model}/{encoder}",
+        slides=trained_slides(),
+    output:
+        report(
+            directory("results/top_patches/{model}/{encoder}"),
+            patterns=["{name}.jpg"],
+            caption="../report/top_patches.rst",
+            category="Results",
+            subcategory="{model} ({encoder})",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        plots=config["plots"],
+        slides=trained_slide_kwargs(),
+    log:
+        "logs/top_patches/{model}/{encoder}.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/top_patches.py"
