@@ -139,12 +139,13 @@ def slide_kwargs(wildcards):
 
 
 def trained_slides():
-    """Slide files of the slides that train (the top-patch mosaics read them)."""
-    return [str(SLIDES[slide].path) for slide in TRAIN_SLIDES]
+    """Slide files of the slides that train (the top-patch mosaics read them); none for
+    features.dir, whose slides the workflow never sees."""
+    return [str(SLIDES[slide].path) for slide in TRAIN_SLIDES if slide in SLIDES]
 
 
 def trained_slide_kwargs():
-    return {slide: slide_kwargs_of(slide) for slide in TRAIN_SLIDES}
+    return {slide: slide_kwargs_of(slide) for slide in TRAIN_SLIDES if slide in SLIDES}
 
 
 def tissue_settings(wildcards):
