@@ -290,6 +290,15 @@ def read_geojson(path: str | Path) -> list[TissuePolygon]:
     return polygons
 
 
+def fit_qc_size(thumbnail: np.ndarray) -> np.ndarray:
+    """The thumbnail shrunk to at most :data:`QC_MAX_SIDE` pixels a side (as is if smaller)."""
+    factor = min(1.0, QC_MAX_SIDE / max(thumbnail.shape[:2]))
+    if factor == 1.0:
+        return thumbnail
+    size = (round(thumbnail.shape[1] * factor), round(thumbnail.shape[0] * factor))
+    return cv2.resize(thumbnail, size, interpolation=cv2.INTER_AREA)
+
+
 def draw_qc(
     thumbnail: np.ndarray,
     level0_size: tuple[int, int],
@@ -302,12 +311,7 @@ def draw_qc(
     Returns:
         RGB uint8 picture with at most :data:`QC_MAX_SIDE` pixels per side.
     """
-    factor = min(1.0, QC_MAX_SIDE / max(thumbnail.shape[:2]))
-    picture = thumbnail
-    if factor < 1.0:
-        size = (round(thumbnail.shape[1] * factor), round(thumbnail.shape[0] * factor))
-        picture = cv2.resize(thumbnail, size, interpolation=cv2.INTER_AREA)
-    picture = np.ascontiguousarray(picture)
+    picture = np.ascontiguousarray(fit_qc_size(thumbnail))
     scale = np.array([picture.shape[1] / level0_size[0], picture.shape[0] / level0_size[1]])
     thickness = max(1, round(max(picture.shape[:2]) / 700))
     if coords is not None and len(coords):
@@ -343,10 +347,7 @@ def write_thumbnail(
     level-0 patch geometry on it without opening the slide
     (:func:`querent.plots.thumbnails.read_thumbnail` reads both).
     """
-    factor = min(1.0, QC_MAX_SIDE / max(thumbnail.shape[:2]))
-    if factor < 1.0:
-        size = (round(thumbnail.shape[1] * factor), round(thumbnail.shape[0] * factor))
-        thumbnail = cv2.resize(thumbnail, size, interpolation=cv2.INTER_AREA)
+    thumbnail = fit_qc_size(thumbnail)
     ok, encoded = cv2.imencode(
         ".jpg", cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
     )

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from extractors.errors import CohortError, FileFormatError
 from extractors.io import feature_shape, lattice_step, read_features
+from querent.data.cohort import format_items
 from querent.data.grid import RegionGrid, build_grid
 
 logger = logging.getLogger(__name__)
@@ -108,32 +109,27 @@ def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str]:
     if len(widths) > 1:
         problems.append(
             "features of different widths: "
-            + "; ".join(f"{w}: {_ids(ids)}" for w, ids in sorted(widths.items()))
+            + "; ".join(f"{w}: {format_items(ids)}" for w, ids in sorted(widths.items()))
             + " (use the files of one encoder)"
         )
     if len(encoders) > 1:
         problems.append(
             "features of different encoders: "
-            + "; ".join(f"{name}: {_ids(ids)}" for name, ids in sorted(encoders.items()))
+            + "; ".join(f"{name}: {format_items(ids)}" for name, ids in sorted(encoders.items()))
             + " (use the files of one encoder)"
         )
     if empty:
         problems.append(
-            f"slides without patches: {_ids(empty)} (no tissue was found: drop them from the "
-            "cohort sheet or check their tissue masks)"
+            f"slides without patches: {format_items(empty)} (no tissue was found: drop them "
+            "from the cohort sheet or check their tissue masks)"
         )
     if non_finite:
         problems.append(
-            f"features with NaN or Inf: {_ids(non_finite)} (extract these slides again)"
+            f"features with NaN or Inf: {format_items(non_finite)} (extract these slides again)"
         )
     if problems:
         raise CohortError("; ".join(problems))
     return next(iter(widths)), next(iter(encoders))
-
-
-def _ids(ids: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def cohort_bytes(files: Mapping[str, Path]) -> int:
@@ -165,7 +161,7 @@ class BagDataset(Dataset):
     ) -> None:
         missing = [s for s in slide_ids if s not in files]
         if missing:
-            raise CohortError(f"no feature file for slides {_ids(missing)}")
+            raise CohortError(f"no feature file for slides {format_items(missing)}")
         self.files = {s: Path(files[s]) for s in slide_ids}
         self.slide_ids = list(slide_ids)
         self.region_size = region_size

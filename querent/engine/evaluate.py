@@ -84,7 +84,7 @@ def evaluate_fold(
     """
     out_dir = Path(out_dir)
     model, task, ckpt = load_model(model_path)
-    check_compatible(ckpt, {s: files[s] for s in slide_ids}, model_path)
+    check_compatible(ckpt, *check_feature_files({s: files[s] for s in slide_ids}), model_path)
     logits, per_slide = apply_model(
         model, files, slide_ids, device=pick_device(device), workers=workers
     )
@@ -99,14 +99,15 @@ def evaluate_fold(
     return metrics
 
 
-def check_compatible(ckpt: dict, files: Mapping[str, Path], model_path: str | Path) -> None:
+def check_compatible(ckpt: dict, width: int, encoder: str, model_path: str | Path) -> None:
     """Refuse feature files of another encoder or width than the model was trained on.
+
+    ``width`` and ``encoder`` are those of the files (:func:`check_feature_files`).
 
     Raises:
         CohortError: The message names the model, both encoders or widths, and the fix (mixed
             files name their slides).
     """
-    width, encoder = check_feature_files(files)
     if width != ckpt["in_dim"]:
         raise CohortError(
             f"{model_path} was trained on {ckpt['in_dim']}-wide features of encoder "
@@ -145,10 +146,11 @@ def predict_slides(
     slide_ids = sorted(files)
     out_dir = Path(out_dir)
     dev = pick_device(device)
+    width, encoder = check_feature_files(files)
     outputs, tasks, per_model = [], [], []
     for path in model_paths:
         model, task, ckpt = load_model(path)
-        check_compatible(ckpt, files, path)
+        check_compatible(ckpt, width, encoder, path)
         logits, per_slide = apply_model(model, files, slide_ids, device=dev, workers=workers)
         outputs.append(task.prediction_columns(logits))
         tasks.append(task.state())

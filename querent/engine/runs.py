@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from extractors.errors import SettingsError
 from querent.data.cohort import Cohort
 from querent.engine.tasks import Task, create_task
+from querent.models import list_models
+from querent.models.registry import model_class
 
 #: Run names become folder names and wildcards.
 RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -153,9 +155,6 @@ def model_run(name: str, spec: Mapping[str, object], training: Mapping[str, obje
         SettingsError: Bad name, unknown arch (lists the valid ones), unknown model argument
             (lists the valid ones) or bad training setting; the message names the run.
     """
-    from querent.models import list_models
-    from querent.models.registry import model_class
-
     where = f"models.{name}"
     if not re.fullmatch(RUN_NAME_PATTERN, name):
         raise SettingsError(f"{where}: run names may hold letters, digits, '_', '.' and '-' only")

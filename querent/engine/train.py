@@ -207,7 +207,8 @@ def train_fold(
     train_order = EpochOrder(len(train_ids), seed=settings.seed, shuffle=True)
     train_loader = bag_loader(datasets["train"], train_order, workers=loader_workers)
     val_loader = bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers)
-    targets = {s: _one(task.targets(cohort, [s])) for s in train_ids}
+    batch = task.targets(cohort, train_ids)
+    targets = {s: {key: value[i] for key, value in batch.items()} for i, s in enumerate(train_ids)}
     signature = {
         "run": run.to_dict(),
         "train": list(train_ids),
@@ -294,10 +295,6 @@ def train_fold(
     )
     (out_dir / "resume.pt").unlink(missing_ok=True)
     return model_path
-
-
-def _one(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: value[0] for key, value in targets.items()}
 
 
 def _cpu_state(model: MILModel) -> dict[str, torch.Tensor]:
