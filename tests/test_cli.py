@@ -225,3 +225,28 @@ def test_debug_shows_the_traceback_of_an_input_error(tmp_path):
     )
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "FileFormatError" in loud.stderr
+
+
+def test_a_synthetic_context_cohort_trains_from_the_config(tmp_path, monkeypatch):
+    import pandas as pd
+    import yaml
+
+    out = tmp_path / "ctx"
+    assert main(["synthetic", str(out), "--slides", "12", "--patches", "80", "--dim", "8"]) == 0
+    assert len(list((out / "features").glob("*.h5"))) == 12
+    config = {
+        "features": {"dir": str(out / "features"), "encoder": "synthetic"},
+        "cohort": {"sheet": str(out / "cohort.csv")},
+        "splits": {"folds": 3},
+        "training": {"epochs": 1},
+        "models": {"q": {"arch": "querent", "dim": 16, "heads": 2, "local": True}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["splits"]) == 0 and main(["train", "--model", "q", "--fold", "0"]) == 0
+    assert main(["evaluate", "--model", "q", "--fold", "0"]) == 0
+    assert len(pd.read_csv("results/eval/q/synthetic/fold_0/predictions.csv")) == 4
+    with pytest.raises(SystemExit, match="2"):
+        main(["synthetic", str(out), "--kind", "spiral"])
+    with pytest.raises(SystemExit, match="0"):
+        main(["synthetic", "--help"])

@@ -145,8 +145,10 @@ class BagDataset(Dataset):
         slide_ids: The slides of this dataset, in order.
         region_size: Region size of the model's grid; None: no grid.
         max_patches: Cut bigger bags to a random subset of this many patches (training).
-        seed: Seed of the subsets.
+        seed: Seed of the subsets and augmentations.
         in_memory: Keep every bag after its first read (only in the process that reads it).
+        augment: Move each bag's lattice by a random flip, quarter turn and shift
+            (:func:`augment_cells`), seeded like the subsets (training).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class BagDataset(Dataset):
         max_patches: int | None = None,
         seed: int = 0,
         in_memory: bool = False,
+        augment: bool = False,
     ) -> None:
         missing = [s for s in slide_ids if s not in files]
         if missing:
@@ -168,6 +171,7 @@ class BagDataset(Dataset):
         self.max_patches = max_patches
         self.seed = seed
         self.in_memory = in_memory
+        self.augment = augment
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -187,10 +191,12 @@ class BagDataset(Dataset):
         slide_id = self.slide_ids[index]
         features, cells = self._arrays(slide_id)
         rows = np.arange(len(features))
+        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(slide_id.encode())])
         if self.max_patches is not None and len(rows) > self.max_patches:
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(slide_id.encode())])
             rows = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
             features, cells = features[rows], cells[rows]
+        if self.augment:
+            cells = augment_cells(cells, rng)
         grid = None if self.region_size is None else build_grid(cells, 1, self.region_size)
         return Bag(
             slide_id,
@@ -199,6 +205,25 @@ class BagDataset(Dataset):
             torch.from_numpy(rows),
             grid,
         )
+
+
+def augment_cells(cells: np.ndarray, rng: np.random.Generator, shift: int = 64) -> np.ndarray:
+    """Cells moved by one of the 8 flips and quarter turns of the lattice and a random shift.
+
+    Lattice neighbours stay neighbours (distances are kept), so what a model learns from
+    the arrangement of patches cannot depend on the slide's orientation or place.
+
+    Args:
+        cells: (n, 2) lattice cells.
+        rng: Random source.
+        shift: Shifts are drawn from ``[0, shift)`` on each axis.
+    """
+    x, y = cells[:, 0], cells[:, 1]
+    if rng.random() < 0.5:
+        x = -x
+    for _ in range(int(rng.integers(4))):
+        x, y = -y, x
+    return np.stack([x, y], axis=1) + rng.integers(0, shift, size=2)
 
 
 class EpochOrder(Sampler):

@@ -1,8 +1,9 @@
-"""Data subcommands of ``querent``: grid."""
+"""Data subcommands of ``querent``: grid, synthetic."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from extractors.errors import SettingsError
@@ -34,6 +35,25 @@ def run_grid(args: argparse.Namespace) -> None:
         )
 
 
+def run_synthetic(args: argparse.Namespace) -> None:
+    """Write a context cohort: OUT/features/{slide}.h5, OUT/cohort.csv and OUT/truth.csv.
+
+    Train on it with ``features.dir: OUT/features`` and ``cohort.sheet: OUT/cohort.csv``.
+    """
+    from querent.data.context import ContextSettings
+    from querent.data.synthetic import write_context_cohort
+
+    names = [f.name for f in dataclasses.fields(ContextSettings)]
+    try:
+        settings = ContextSettings(**{name: getattr(args, name) for name in names})
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+    sheet = write_context_cohort(args.out_dir, settings)
+    print(
+        f"{sheet}\t{settings.slides} slides of about {settings.patches} patches ({settings.kind})"
+    )
+
+
 def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``grid`` on the ``querent`` parser."""
     grid = subparsers.add_parser(
@@ -58,3 +78,22 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
     grid.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
     grid.add_argument("--overwrite", action="store_true", help="redo existing outputs")
     grid.set_defaults(func=run_grid)
+
+    from querent.data.context import ContextSettings
+
+    synthetic = subparsers.add_parser(
+        "synthetic",
+        parents=[common],
+        help="write a cohort whose label lives in the arrangement of patches (benchmarks)",
+        description=run_synthetic.__doc__,
+    )
+    synthetic.add_argument("out_dir", type=Path, metavar="OUT", help="output folder")
+    for field in dataclasses.fields(ContextSettings):
+        synthetic.add_argument(
+            f"--{field.name}",
+            type=type(field.default),
+            default=field.default,
+            choices=field.metadata.get("choices"),
+            help=f"{field.metadata['help']} (default: {field.default})",
+        )
+    synthetic.set_defaults(func=run_synthetic)

@@ -125,3 +125,24 @@ def build_grid(coords: np.ndarray, step: int, region_size: int) -> RegionGrid:
         members.astype(np.int64),
         slots,
     )
+
+
+def region_neighbours(region_cells: np.ndarray) -> np.ndarray:
+    """(r, 9) each region followed by its 8 adjacent regions, -1 where a neighbour is absent.
+
+    Args:
+        region_cells: (r, 2) (column, row) of the regions of a grid.
+    """
+    region_cells = np.asarray(region_cells, np.int64).reshape(-1, 2)
+    offsets = np.array([(0, 0)] + [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dx or dy])
+    if not len(region_cells):
+        return np.empty((0, len(offsets)), np.int64)
+    origin = region_cells.min(axis=0) - 1
+    width = int((region_cells[:, 0] - origin[0]).max()) + 2
+    keys = (region_cells[:, 1] - origin[1]) * width + region_cells[:, 0] - origin[0]
+    order = np.argsort(keys)
+    around = region_cells[:, None, :] + offsets  # (r, 9, 2)
+    wanted = (around[..., 1] - origin[1]) * width + around[..., 0] - origin[0]
+    at = np.searchsorted(keys[order], wanted).clip(max=len(keys) - 1)
+    found = keys[order][at] == wanted
+    return np.where(found, order[at], -1)

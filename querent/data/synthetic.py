@@ -1,9 +1,12 @@
 """Synthetic feature-level cohorts whose truth is known, for tests and benchmarks.
 
-Each slide is a blob of patches on a lattice with Gaussian features. A share of the patches
-carries a class signal (a shift along one feature direction, stronger in the positive class), so
-a MIL model can learn the label; survival times shorten with the signal. Files are written in
-our feature-file format (``features`` + ``coords`` with ``step_level0``), with a cohort sheet.
+Two kinds, both written in our feature-file format (``features`` + ``coords`` with
+``step_level0``) next to a cohort sheet, so ``features.dir`` trains on them like on real slides:
+
+- :func:`write_synthetic_cohort`: blobs of Gaussian patches where a share of single patches
+  carries the class signal (quick to learn; the tests' cohort).
+- :func:`write_context_cohort`: slides whose label lives only in the arrangement of patch
+  types (:mod:`querent.data.context`); each file also holds the true ``types``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ import numpy as np
 import pandas as pd
 
 from extractors.io import atomic_path
+from querent.data.context import (
+    IMMUNE,
+    TUMOUR,
+    ContextSettings,
+    generate_slide,
+    neighbour_cooccurrence,
+    prototypes,
+)
 
 #: Level-0 lattice step of the synthetic slides.
 STEP = 256
@@ -67,18 +78,77 @@ def write_synthetic_cohort(
             share = 0.3 if label == "pos" else 0.15
             carriers = rng.random(n) < share
             features[carriers] += signal * direction.astype(np.float32)
-            path = out_dir / "features" / f"{slide_id}.h5"
-            with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-                h5.create_dataset("features", data=features).attrs.update(
-                    {"encoder": encoder, "embed_dim": dim}
-                )
-                h5.create_dataset("coords", data=cells.astype(np.int64) * STEP).attrs.update(
-                    {"step_level0": STEP, "patch_size_level0": STEP, "name": slide_id}
-                )
+            _write_bag(out_dir / "features" / f"{slide_id}.h5", features, cells, encoder)
             rows.append((slide_id, f"case_{case:03d}", label, time, event))
-    sheet = out_dir / "cohort.csv"
-    with atomic_path(sheet) as tmp:
-        pd.DataFrame(rows, columns=["slide_id", "case_id", "label", "time", "event"]).to_csv(
-            tmp, index=False
+    return _write_table(rows, ["slide_id", "case_id", "label", "time", "event"], out_dir)
+
+
+def _write_bag(
+    path: Path, features: np.ndarray, cells: np.ndarray, encoder: str, **extra: np.ndarray
+) -> None:
+    """One feature file: ``features``, ``coords`` (cells times :data:`STEP`) and ``extra``."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=features).attrs.update(
+            {"encoder": encoder, "embed_dim": features.shape[1]}
         )
-    return sheet
+        h5.create_dataset("coords", data=cells.astype(np.int64) * STEP).attrs.update(
+            {"step_level0": STEP, "patch_size_level0": STEP, "name": path.stem}
+        )
+        for name, data in extra.items():
+            h5.create_dataset(name, data=data)
+
+
+def _write_table(rows: list[tuple], columns: list[str], out_dir: Path, name: str = "cohort.csv"):
+    path = out_dir / name
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
+    return path
+
+
+def survival_of(rng: np.random.Generator, score: float) -> tuple[float, int]:
+    """(time, event) with a hazard 20 times higher at ``score`` 1 than at 0; 25% censored."""
+    time = rng.exponential(30.0 * np.exp(-3.0 * (score - 0.5)))
+    if rng.random() < 0.25:
+        return round(float(time * rng.random()) + 0.01, 2), 0
+    return round(float(time) + 0.01, 2), 1
+
+
+def write_context_cohort(
+    out_dir: str | Path, settings: ContextSettings, *, encoder: str = "synthetic"
+) -> Path:
+    """Write a context cohort: ``out_dir``/features/{slide_id}.h5, cohort.csv and truth.csv.
+
+    Labels alternate ``neg`` / ``pos`` (classification: score 0 / 1) or follow a uniform score
+    (survival: ``pos`` when above 0.5); ``time`` and ``event`` follow the score either way.
+    ``truth.csv`` holds each slide's score and the share of immune patches next to tumour.
+
+    Returns:
+        The cohort sheet.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(settings.seed)
+    protos = prototypes(settings)
+    rows, truth = [], []
+    for index in range(settings.slides):
+        if settings.task == "classification":
+            score = float(index % 2)
+        else:
+            score = float(rng.random())
+        slide = generate_slide(rng, settings, score, protos)
+        slide_id = f"ctx_{index:04d}"
+        _write_bag(
+            out_dir / "features" / f"{slide_id}.h5",
+            slide.features,
+            slide.cells,
+            encoder,
+            types=slide.types,
+        )
+        time, event = survival_of(rng, score)
+        label = "pos" if score > 0.5 else "neg"
+        rows.append((slide_id, f"case_{index:04d}", label, time, event))
+        margin = neighbour_cooccurrence(slide.cells, slide.types, IMMUNE, TUMOUR)
+        truth.append((slide_id, score, margin, len(slide.cells)))
+    _write_table(
+        truth, ["slide_id", "score", "immune_next_to_tumour", "patches"], out_dir, "truth.csv"
+    )
+    return _write_table(rows, ["slide_id", "case_id", "label", "time", "event"], out_dir)

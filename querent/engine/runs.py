@@ -47,6 +47,10 @@ class TrainSettings:
         default=8192,
         metadata={"help": "random patches per slide at training time; null: whole slides"},
     )
+    augment: bool = field(
+        default=False,
+        metadata={"help": "random flips, quarter turns and shifts of each slide's lattice"},
+    )
     patience: int | None = field(
         default=10,
         metadata={"help": "stop after this many epochs without a better validation metric"},

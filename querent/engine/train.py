@@ -200,6 +200,7 @@ def train_fold(
             max_patches=settings.max_patches if name == "train" else None,
             seed=settings.seed,
             in_memory=in_memory,
+            augment=settings.augment and name == "train",
         )
         for name, ids in (("train", train_ids), ("val", val_ids))
     }

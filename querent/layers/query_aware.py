@@ -199,26 +199,56 @@ class _ChunkedAttention(torch.autograd.Function):
 
 
 def _select(
-    scoring: Scoring, group_queries: torch.Tensor, top: int, step: int
+    scoring: Scoring,
+    group_queries: torch.Tensor,
+    top: int,
+    step: int,
+    local: torch.Tensor | None,
+    n_regions: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Top regions of every group, and the straight-through score term of learned scorers.
+    """Regions of every group: its ``local`` ones, if any, then its top regions among the rest.
+
+    Args:
+        scoring: Region scores.
+        group_queries: (g, h, e) the query standing for each group.
+        top: Regions picked by score.
+        step: Groups scored at once.
+        local: (g, l) regions every group keeps whatever their score (``n_regions`` marks
+            none), or None.
+        n_regions: Regions of the slide; index ``n_regions`` is an empty region that stands
+            for "no pick" where fewer than ``top`` regions are left to pick from.
 
     Returns:
-        (selected (h, groups, k) region indices, bias (h, groups, k) or None): the bias is
-        ``score - stopgrad(score)``, zero forward and the score's gradient backward.
+        (selected (h, g, l + top) region indices, bias (h, g, l + top) or None): the bias is
+        ``score - stopgrad(score)`` on picked regions (zero on local ones), zero forward and
+        the score's gradient backward.
     """
     selections, biases = [], []
     for start in range(0, len(group_queries), step):
         chunk = group_queries[start : start + step]
         with torch.no_grad():
-            selected = scoring.score_all(chunk).topk(top, dim=-1).indices
-        selections.append(selected)
+            scores = scoring.score_all(chunk)
+            if local is not None:
+                near = local[start : start + step].expand(scores.shape[0], -1, -1)
+                scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], 1)], dim=-1)
+                scores = scores.scatter(-1, near, -math.inf)
+            best = scores.topk(top, dim=-1)
+            picked = best.indices.masked_fill(best.values == -math.inf, n_regions)
         if scoring.score_selected is not None:
             if torch.is_grad_enabled() and chunk.requires_grad:
-                score = checkpoint(scoring.score_selected, chunk, selected, use_reentrant=False)
+                score = checkpoint(
+                    scoring.score_selected,
+                    chunk,
+                    picked.clamp(max=n_regions - 1),
+                    use_reentrant=False,
+                )
             else:
-                score = scoring.score_selected(chunk, selected)
-            biases.append(score - score.detach())
+                score = scoring.score_selected(chunk, picked.clamp(max=n_regions - 1))
+            bias = (score - score.detach()).masked_fill(picked == n_regions, 0)
+            if local is not None:
+                bias = torch.cat([bias.new_zeros(near.shape), bias], dim=-1)
+            biases.append(bias)
+        selections.append(picked if local is None else torch.cat([near, picked], dim=-1))
     bias = torch.cat(biases, dim=1) if biases else None
     return torch.cat(selections, dim=1), bias
 
@@ -232,6 +262,7 @@ def query_aware_attention(
     *,
     top_k: int | None,
     selection: str = "patch",
+    local: bool = False,
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of every query over the keys of its top-k regions.
@@ -244,31 +275,43 @@ def query_aware_attention(
         scoring: Region scores from a scorer's ``prepare``.
         top_k: Regions per query; None or >= r means all regions (exact full attention).
         selection: ``"patch"`` (own selection per patch) or ``"region"`` (shared per region).
+        local: Besides its top-k, every query attends to its own region and the 8 adjacent
+            ones (ignored when ``top_k`` is None: all regions are attended anyway).
         chunk_size: Queries processed at once (bounds memory).
 
     Returns:
-        (outputs (n, h, dv), selected regions (h, n, k)).
+        (outputs (n, h, dv), selected regions (h, n, k); -1 marks no region, where a query had
+        fewer than k regions to pick from).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
     n_regions, n_slots = layout.slots.shape
     heads = q.shape[1]
     top = n_regions if top_k is None else min(top_k, n_regions)
+    local = local and top_k is not None
     keys = rearrange(to_regions(k, layout), "r s h d -> (r h) s d")
     values = rearrange(to_regions(v, layout), "r s h d -> (r h) s d")
     block_valid = repeat(layout.valid, "r s -> (r h) s", h=heads)
+    if local:  # one empty region at index n_regions stands for "no region"
+        keys = torch.cat([keys, keys.new_zeros(heads, *keys.shape[1:])])
+        values = torch.cat([values, values.new_zeros(heads, *values.shape[1:])])
+        block_valid = torch.cat([block_valid, block_valid.new_zeros(heads, n_slots)])
+    near = layout.neighbours.masked_fill(layout.neighbours < 0, n_regions) if local else None
     if selection == "patch":
         # queries in region order, so a chunk's queries are neighbours that share key blocks
         order = layout.slots[layout.valid]
         groups, group_queries = q.index_select(0, order), scoring.queries.index_select(0, order)
         step, attend = chunk_size, _attend_per_query
+        if local:
+            near = near.index_select(0, layout.region_of_patch.index_select(0, order))
     else:
         groups = to_regions(q, layout)
         group_queries = region_mean(scoring.queries, layout)
         step, attend = max(1, chunk_size // n_slots), _attend_shared
-    selected, bias = _select(scoring, group_queries, top, step)
+    selected, bias = _select(scoring, group_queries, top, step, near, n_regions)
     blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
     out = _ChunkedAttention.apply(groups, keys, values, bias, blocks, block_valid, attend, step)
+    selected = selected.masked_fill(selected == n_regions, -1)
     if selection == "patch":
         back = torch.empty_like(order)
         back[order] = torch.arange(len(order), device=order.device)
@@ -329,6 +372,8 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         top_k: Regions per query; None attends to all regions (exact full attention).
         scorer: How queries rate regions: one of ``quest``, ``learned``, ``mean``, ``random``.
         selection: ``patch`` (per-patch selection, the paper's) or ``region`` (shared, faster).
+        summary: Region summary the scorer reads (``minmax``, the paper's, or an ablation).
+        local: Also attend to the query's own and adjacent regions, besides its top-k.
         chunk_size: Queries processed at once (bounds memory).
     """
 
@@ -341,6 +386,8 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         top_k: int | None = 8,
         scorer: str = "quest",
         selection: str = "patch",
+        summary: str = "minmax",
+        local: bool = False,
         chunk_size: int = 1024,
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
@@ -351,7 +398,10 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.top_k, self.selection, self.chunk_size = top_k, selection, chunk_size
-        self.scorer = make_scorer(scorer, dim=dim, heads=heads, head_dim=self.head_dim)
+        self.local = local
+        self.scorer = make_scorer(
+            scorer, dim=dim, heads=heads, head_dim=self.head_dim, summary=summary
+        )
 
     def forward(self, x: torch.Tensor, layout: RegionLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend.
@@ -372,6 +422,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
             self.scorer.prepare(x, q, k, layout),
             top_k=self.top_k,
             selection=self.selection,
+            local=self.local,
             chunk_size=self.chunk_size,
         )
         return self.merge(out), selected

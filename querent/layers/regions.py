@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from querent.data.grid import RegionGrid
+from querent.data.grid import RegionGrid, region_neighbours
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,14 @@ class RegionLayout:
         valid: (r, s) True where a slot holds a patch.
         region_of_patch: (n,) region of every patch.
         patch_slot: (n,) flat slot ``region * s + slot`` of every patch.
+        neighbours: (r, 9) each region and its 8 adjacent regions, -1 where absent.
     """
 
     slots: torch.Tensor
     valid: torch.Tensor
     region_of_patch: torch.Tensor
     patch_slot: torch.Tensor
+    neighbours: torch.Tensor
 
     @classmethod
     def from_grid(cls, grid: RegionGrid, device: torch.device | str | None = None) -> RegionLayout:
@@ -39,7 +41,10 @@ class RegionLayout:
         patch_slot = torch.empty_like(flat)
         patch_slot[slots.flatten()[flat]] = flat
         region_of_patch = torch.as_tensor(grid.region_of_patch, dtype=torch.long, device=device)
-        return cls(slots, valid, region_of_patch, patch_slot)
+        neighbours = torch.as_tensor(
+            region_neighbours(grid.region_cells), dtype=torch.long, device=device
+        )
+        return cls(slots, valid, region_of_patch, patch_slot, neighbours)
 
     @property
     def n_regions(self) -> int:
@@ -77,3 +82,27 @@ def region_mean(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
     valid = _expand(layout.valid, grouped)
     total = grouped.masked_fill(~valid, 0).sum(dim=1)
     return total / valid.sum(dim=1).to(x.dtype)
+
+
+#: Region summaries a scorer can read: the paper's min-max and its ablations.
+SUMMARIES = ("minmax", "min", "max", "mean", "meanstd")
+
+
+def region_summary(
+    x: torch.Tensor, layout: RegionLayout, kind: str = "minmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (low, high) pair of vectors per region: (n, ...) -> two (r, ...).
+
+    ``minmax``: element-wise min and max (the paper's); ``min`` / ``max``: that one twice;
+    ``mean``: the mean twice; ``meanstd``: mean -+ standard deviation.
+    """
+    if kind not in SUMMARIES:
+        raise ValueError(f"unknown region summary {kind!r}; choose one of: {SUMMARIES}")
+    if kind in ("minmax", "min", "max"):
+        low, high = region_min_max(x, layout)
+        return {"minmax": (low, high), "min": (low, low), "max": (high, high)}[kind]
+    mean = region_mean(x, layout)
+    if kind == "mean":
+        return mean, mean
+    spread = (region_mean(x * x, layout) - mean * mean).clamp(min=0).sqrt()
+    return mean - spread, mean + spread

@@ -25,7 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from querent.layers.regions import RegionLayout, region_mean, region_min_max
+from querent.layers.regions import SUMMARIES, RegionLayout, region_mean, region_summary
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,13 @@ class RegionScorer(nn.Module):
         dim: Input features of the attention layer.
         heads: Attention heads (one score per head).
         head_dim: Features per head of the queries and keys.
+        summary: How a region is summarised (a key of
+            :data:`~querent.layers.regions.SUMMARIES`; the paper's is ``minmax``).
     """
 
-    def __init__(self, *, dim: int, heads: int, head_dim: int) -> None:
+    def __init__(self, *, dim: int, heads: int, head_dim: int, summary: str = "minmax") -> None:
         super().__init__()
+        self.summary = summary
 
     def prepare(
         self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, layout: RegionLayout
@@ -92,10 +95,14 @@ def quest_scores(queries: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) 
 
 
 class QuestScorer(RegionScorer):
-    """The Quest bound on keys per head: the region's best possible logit for this query."""
+    """The Quest bound on keys per head: the region's best possible logit for this query.
+
+    With a summary other than ``minmax`` the bound is taken over the summary's (low, high)
+    box instead (no longer a bound: the paper's summary ablation).
+    """
 
     def prepare(self, x, q, k, layout):  # noqa: D102
-        kmin, kmax = region_min_max(k.detach(), layout)
+        kmin, kmax = region_summary(k.detach(), layout, self.summary)
         return Scoring(q.detach(), lambda queries: quest_scores(queries, kmin, kmax))
 
 
@@ -123,25 +130,27 @@ class RandomScorer(RegionScorer):
 class LearnedScorer(RegionScorer):
     """The paper's learned variant (as summarised; details unconfirmed).
 
-    Regions are summarised by the min and max of their *input features*, projected by
-    ``f_min`` and ``f_max``; a separate projection ``q_hat`` of each patch scores them:
-    ``max(|q_hat . f_min(m_min)|, |q_hat . f_max(m_max)|)`` per head.
+    Regions are summarised by the min and max of their *input features* (or the (low, high)
+    pair of another summary), projected by ``f_min`` and ``f_max``; a separate projection
+    ``q_hat`` of each patch scores them: ``max(|q_hat . f_min(m_min)|, |q_hat . f_max(m_max)|)``
+    per head.
 
     Args:
         dim: Input features of the attention layer.
         heads: Attention heads (one score per head).
         head_dim: Features of the scoring space per head (that of the queries and keys).
+        summary: How a region is summarised (see :class:`RegionScorer`).
     """
 
-    def __init__(self, *, dim: int, heads: int, head_dim: int) -> None:
-        super().__init__(dim=dim, heads=heads, head_dim=head_dim)
+    def __init__(self, *, dim: int, heads: int, head_dim: int, summary: str = "minmax") -> None:
+        super().__init__(dim=dim, heads=heads, head_dim=head_dim, summary=summary)
         self.heads = heads
         self.q_hat = nn.Linear(dim, heads * head_dim, bias=False)
         self.f_min = nn.Linear(dim, heads * head_dim)
         self.f_max = nn.Linear(dim, heads * head_dim)
 
     def prepare(self, x, q, k, layout):  # noqa: D102
-        x_min, x_max = region_min_max(x, layout)
+        x_min, x_max = region_summary(x, layout, self.summary)
         split = "n (h e) -> n h e"
         f_min = rearrange(self.f_min(x_min), split, h=self.heads)
         f_max = rearrange(self.f_max(x_max), split, h=self.heads)
@@ -169,8 +178,12 @@ SCORERS: dict[str, type[RegionScorer]] = {
 }
 
 
-def make_scorer(name: str, *, dim: int, heads: int, head_dim: int) -> RegionScorer:
-    """Build a scorer by name (a key of :data:`SCORERS`)."""
+def make_scorer(
+    name: str, *, dim: int, heads: int, head_dim: int, summary: str = "minmax"
+) -> RegionScorer:
+    """Build a scorer by name (a key of :data:`SCORERS`) reading regions through ``summary``."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}")
-    return SCORERS[name](dim=dim, heads=heads, head_dim=head_dim)
+    if summary not in SUMMARIES:
+        raise ValueError(f"unknown region summary {summary!r}; choose one of: {SUMMARIES}")
+    return SCORERS[name](dim=dim, heads=heads, head_dim=head_dim, summary=summary)

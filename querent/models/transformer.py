@@ -1,9 +1,9 @@
 """Transformer MIL models: ``querent`` (query-aware sparse attention) and ``full_attention``.
 
 Both are: linear projection of the patch features, optional 2D positional encoding of the
-lattice cells, ``depth`` pre-norm transformer blocks, LayerNorm, gated attention pooling and a
-linear head. They differ only in the attention of the blocks, so ``full_attention`` is the exact
-upper reference of ``querent``.
+lattice cells (:mod:`querent.layers.positional`), ``depth`` pre-norm transformer blocks,
+LayerNorm, gated attention pooling and a linear head. They differ only in the attention of the
+blocks, so ``full_attention`` is the exact upper reference of ``querent``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from querent.data.grid import RegionGrid, build_grid
 from querent.layers.block import PreNormBlock
 from querent.layers.pooling import GatedAttentionPool
-from querent.layers.positional import sincos_2d
+from querent.layers.positional import POSITIONALS, SlidePositions, sincos_2d
 from querent.layers.query_aware import DenseSelfAttention, QueryAwareSelfAttention
 from querent.layers.regions import RegionLayout
 from querent.models.base import MILModel, MILOutput
@@ -33,15 +33,18 @@ class TransformerMIL(MILModel):
         depth: int,
         attention: list[nn.Module],
         mlp_ratio: float,
-        positional: bool,
+        positional: str,
         dropout: float,
     ) -> None:
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         if depth < 1 or mlp_ratio <= 0:
             raise ValueError(f"depth and mlp_ratio must be positive, got {depth} and {mlp_ratio}")
-        if positional and dim % 4:
+        if positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {positional!r}")
+        if positional != "none" and dim % 4:
             raise ValueError(f"positional encoding needs dim divisible by 4, got dim={dim}")
         self.positional = positional
+        self.positions = SlidePositions(dim=dim) if positional == "relative" else None
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
         self.blocks = nn.ModuleList(
             PreNormBlock(dim=dim, attention=layer, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -57,8 +60,10 @@ class TransformerMIL(MILModel):
     def forward_bag(self, features, cells, grid):  # noqa: D102
         layout = self.layout(cells, grid)
         x = self.embed(features)
-        if self.positional:
+        if self.positional == "absolute":
             x = x + sincos_2d(cells, x.shape[-1]).to(x.dtype)
+        elif self.positions is not None:
+            x = x + self.positions(cells).to(x.dtype)
         selected = None
         for block in self.blocks:
             x, selected = block(x, layout)
@@ -82,8 +87,13 @@ class Querent(TransformerMIL):
         scorer: ``quest`` (bound on keys), ``learned`` (the paper's), ``mean`` or ``random``.
         selection: ``patch`` (each patch picks its regions, the paper's) or ``region``
             (patches of a region share a pick; faster).
+        summary: Region summary the scorer reads: ``minmax`` (the paper's), or the ablations
+            ``min``, ``max``, ``mean``, ``meanstd``.
+        local: Also attend to the query's own and 8 adjacent regions besides its top-k (local
+            plus query-aware global context; not in the paper).
         mlp_ratio: Hidden width of the blocks' MLP relative to ``dim``.
-        positional: Add a 2D sine-cosine encoding of the lattice cells.
+        positional: ``none``, ``absolute`` (2D sine-cosine of the cells) or ``relative`` (of
+            the cells relative to the slide's centre, scaled by a learned gain).
         dropout: Dropout in the blocks and the pooling.
         chunk_size: Queries attended at once (bounds memory).
     """
@@ -100,8 +110,10 @@ class Querent(TransformerMIL):
         top_k: int | None = 8,
         scorer: str = "quest",
         selection: str = "patch",
+        summary: str = "minmax",
+        local: bool = False,
         mlp_ratio: float = 2.0,
-        positional: bool = False,
+        positional: str = "none",
         dropout: float = 0.0,
         chunk_size: int = 1024,
     ) -> None:
@@ -114,6 +126,8 @@ class Querent(TransformerMIL):
                 top_k=top_k,
                 scorer=scorer,
                 selection=selection,
+                summary=summary,
+                local=local,
                 chunk_size=chunk_size,
             )
             for _ in range(depth)
@@ -148,7 +162,7 @@ class FullAttention(TransformerMIL):
         heads: Attention heads.
         depth: Transformer blocks.
         mlp_ratio: Hidden width of the blocks' MLP relative to ``dim``.
-        positional: Add a 2D sine-cosine encoding of the lattice cells.
+        positional: ``none``, ``absolute`` or ``relative`` (as for ``querent``).
         dropout: Dropout in the blocks and the pooling.
     """
 
@@ -161,7 +175,7 @@ class FullAttention(TransformerMIL):
         heads: int = 4,
         depth: int = 1,
         mlp_ratio: float = 2.0,
-        positional: bool = False,
+        positional: str = "none",
         dropout: float = 0.0,
     ) -> None:
         super().__init__(

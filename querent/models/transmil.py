@@ -3,19 +3,25 @@
 Shao et al., "TransMIL: Transformer based Correlated Multiple Instance Learning for Whole Slide
 Image Classification", NeurIPS 2021.
 
-Axes: ``n`` patches, ``t`` tokens (class token first, then the patch grid), ``h`` heads,
-``d`` features, ``y``/``x`` rows/columns of the square token grid.
+Axes: ``n`` patches, ``t`` tokens (class token first, then the patches), ``h`` heads, ``d``
+features, ``y``/``x`` rows/columns of the compacted lattice grid.
 
-TransMIL folds its token sequence into a square grid for the position encoding (PPEG), so the
-result depends on the order of the patches. Here the patches are first sorted row-major by their
-lattice cell (row, then column), which makes the model invariant to the order patches arrive in
-and puts patches of one tissue row next to each other. The grid is still the sorted sequence cut
-into rows of ``ceil(sqrt(n))`` tokens, not the slide's own layout, as in the paper.
+The paper folds the token sequence into a square for the position encoding (PPEG), so patches
+that are neighbours on the slide are generally not neighbours in its convolutions. Here every
+patch token is placed at its own lattice cell instead, with zeros at cells without a patch; the
+depth-wise convolutions run on that grid and the tokens are read back at their cells, so they
+mix lattice neighbours. To bound the grid's memory, rows and columns that hold no patch are
+dropped first (:func:`compact_cells`): tissue pieces far apart move next to each other, while
+neighbours inside a piece stay neighbours. The memory is ``d`` times the compacted bounding box,
+which stays near ``n`` for compact tissue but can approach ``n²`` for long diagonal strips.
+
+The Nyström layers see the token sequence with the patches sorted row-major by their cell
+(row, then column), which makes the model invariant to the order patches arrive in; as the
+sorting and compaction only depend on relative positions, it is also invariant to translating
+all cells.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from einops import rearrange, reduce
@@ -35,6 +41,26 @@ def lattice_order(cells: torch.Tensor) -> torch.Tensor:
     return by_column[torch.sort(cells[by_column, 1], stable=True).indices]
 
 
+def compact_cells(cells: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Drop the rows and columns of the lattice's bounding box that hold no patch.
+
+    Every column is renumbered by its rank among the occupied columns, and every row likewise,
+    so the order of cells along each axis is kept, neighbouring cells stay neighbours and any
+    gap between occupied rows (or columns) shrinks to nothing. The result does not change when
+    all cells are shifted by the same offset.
+
+    Args:
+        cells: (n, 2) integer lattice cells (column, row); any integers, negative too.
+
+    Returns:
+        ((n, 2) compacted cells (column, row), in ``[0, columns) x [0, rows)``, and the grid
+        shape (rows, columns) that holds them).
+    """
+    columns, compact_column = torch.unique(cells[:, 0], return_inverse=True)
+    rows, compact_row = torch.unique(cells[:, 1], return_inverse=True)
+    return torch.stack([compact_column, compact_row], dim=1), (len(rows), len(columns))
+
+
 class PPEG(nn.Module):
     """Pyramid position encoding generator: the grid plus depth-wise 7x7, 5x5 and 3x3 convolutions.
 
@@ -48,19 +74,31 @@ class PPEG(nn.Module):
             nn.Conv2d(dim, dim, size, padding=size // 2, groups=dim) for size in (7, 5, 3)
         )
 
-    def forward(self, tokens: torch.Tensor, side: int) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cells: torch.Tensor, shape: tuple[int, int]
+    ) -> torch.Tensor:
         """Encode position into the patch tokens; the class token passes through.
 
+        The patch tokens are placed at their cells of a zero grid, convolved there, and read
+        back from their cells; what the convolutions write to empty cells is discarded.
+
         Args:
-            tokens: (1, 1 + side², d) class token followed by the grid in row-major order.
-            side: Rows (and columns) of the grid.
+            tokens: (1, 1 + n, d) class token followed by the patch tokens.
+            cells: (n, 2) distinct cells (column, row) of the patch tokens, inside ``shape``
+                (see :func:`compact_cells`).
+            shape: Rows and columns of the grid.
 
         Returns:
             Tokens of the same shape.
         """
-        grid = rearrange(tokens[:, 1:], "b (y x) d -> b d y x", y=side, x=side)
+        rows, columns = shape
+        flat = cells[:, 1] * columns + cells[:, 0]
+        patches = tokens[0, 1:]
+        grid = patches.new_zeros(rows * columns, patches.shape[1]).index_copy(0, flat, patches)
+        grid = rearrange(grid, "(y x) d -> 1 d y x", y=rows, x=columns)
         grid = grid + sum(conv(grid) for conv in self.convs)
-        return torch.cat([tokens[:, :1], rearrange(grid, "b d y x -> b (y x) d")], dim=1)
+        patches = rearrange(grid, "1 d y x -> (y x) d")[flat]
+        return torch.cat([tokens[:, :1], rearrange(patches, "n d -> 1 n d")], dim=1)
 
 
 class TransLayer(nn.Module):
@@ -110,12 +148,13 @@ class TransLayer(nn.Module):
 class TransMIL(MILModel):
     """Embedding, class token, TransLayer, PPEG, TransLayer, LayerNorm; the class token is read out.
 
+    The patch tokens follow the class token in row-major lattice order; PPEG convolves them on
+    the compacted lattice (see the module docstring).
+
     Patch attention for heatmaps is the class token's row of the last layer's Nyström attention,
-    averaged over heads, with the weights of grid tokens that repeat a patch (the padding that
-    squares the grid) added back to that patch; the weights on the class token itself and on
-    the zero tokens NystromAttention pads with are dropped. The Nyström product is an
-    approximation whose entries can be slightly negative; those are clipped to 0 before
-    normalising to sum 1.
+    averaged over heads; the weights on the class token itself and on the zero tokens
+    NystromAttention pads with are dropped. The Nyström product is an approximation whose
+    entries can be slightly negative; those are clipped to 0 before normalising to sum 1.
 
     Args:
         in_dim: Patch feature size.
@@ -143,13 +182,11 @@ class TransMIL(MILModel):
     def forward_bag(self, features, cells, grid):
         """Class token after both layers, and its attention over the patches."""
         order = lattice_order(cells)
-        side = math.isqrt(len(order) - 1) + 1  # ceil(sqrt(n))
-        # patch behind every grid token; the grid is squared by repeating the first patches
-        source = order[torch.arange(side * side, device=order.device) % len(order)]
-        patches = rearrange(self.embed(features)[source], "t d -> 1 t d")
+        compact, shape = compact_cells(cells[order])
+        patches = rearrange(self.embed(features[order]), "n d -> 1 n d")
         tokens = torch.cat([self.class_token, patches], dim=1)
         tokens, _ = self.layer1(tokens)
-        tokens, class_row = self.layer2(self.ppeg(tokens, side))
-        weights = reduce(class_row[:, 1:], "h t -> t", "mean").clamp(min=0)
-        attention = features.new_zeros(len(features)).index_add(0, source, weights)
+        tokens, class_row = self.layer2(self.ppeg(tokens, compact, shape))
+        weights = reduce(class_row[:, 1:], "h n -> n", "mean").clamp(min=0)
+        attention = torch.zeros_like(weights).index_copy(0, order, weights)
         return MILOutput(embedding=self.norm(tokens[0, 0]), attention=attention / attention.sum())

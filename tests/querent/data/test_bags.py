@@ -78,3 +78,35 @@ def test_check_feature_files_lists_empty_slides(tmp_path, synthetic_cohort):
     with pytest.raises(CohortError, match="without patches: empty"):
         check_feature_files({**files, "empty": tmp_path / "empty.h5"})
     assert check_feature_files(files) == (16, "synthetic")
+
+
+def test_augmentation_moves_the_lattice_rigidly_and_reproducibly(synthetic_cohort):
+    files = _files(synthetic_cohort)
+    slides = sorted(files)[:3]
+    plain = BagDataset(files, slides, region_size=2)
+    moved = BagDataset(files, slides, region_size=2, augment=True, seed=5)
+    seen = set()
+    for index in range(len(slides)):
+        for epoch in range(4):
+            before, after = plain[index].cells.numpy(), moved[index, epoch].cells.numpy()
+            # distances between all patches are kept: neighbours stay neighbours
+            np.testing.assert_array_equal(
+                np.abs(before[:, None] - before[None]).sum(-1),
+                np.abs(after[:, None] - after[None]).sum(-1),
+            )
+            np.testing.assert_array_equal(after, moved[index, epoch].cells.numpy())
+            assert moved[index, epoch].grid.region_of_patch.shape == (len(after),)
+            seen.add(after[:2].tobytes())
+    assert len(seen) > 6  # different moves across slides and epochs
+
+
+def test_augment_cells_reaches_all_eight_orientations():
+    from querent.data.bags import augment_cells
+
+    cells = np.array([[0, 0], [2, 0], [0, 1]])
+    rng = np.random.default_rng(0)
+    shapes = set()
+    for _ in range(200):
+        moved = augment_cells(cells, rng)
+        shapes.add(tuple((moved - moved[0]).ravel()))
+    assert len(shapes) == 8

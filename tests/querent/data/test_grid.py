@@ -145,3 +145,24 @@ def test_grid_file_of_a_slide_without_patches(tmp_path):
     summary = write_slide_grid(tmp_path / "empty.h5", tmp_path / "g.h5", 4)
     assert (summary.n_patches, summary.n_regions, summary.mean_fill) == (0, 0, 0.0)
     assert read_grid(tmp_path / "g.h5").slots.shape == (0, 16)
+
+
+def test_region_neighbours_lists_each_region_and_its_adjacent_ones():
+    from querent.data.grid import region_neighbours
+
+    rng = np.random.default_rng(3)
+    cells = np.unique(rng.integers(-20, 20, size=(300, 2)), axis=0)
+    grid = build_grid(cells, 1, 3)
+    neighbours = region_neighbours(grid.region_cells)
+    where = {tuple(c): i for i, c in enumerate(grid.region_cells.tolist())}
+    assert neighbours.shape == (grid.n_regions, 9)
+    for region, (x, y) in enumerate(grid.region_cells.tolist()):
+        assert neighbours[region, 0] == region
+        expected = {
+            where[(x + dx, y + dy)]
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            if (x + dx, y + dy) in where
+        }
+        found = set(neighbours[region][neighbours[region] >= 0].tolist())
+        assert found == expected and len(found) == (neighbours[region] >= 0).sum()

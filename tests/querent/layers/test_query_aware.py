@@ -89,6 +89,38 @@ def test_top_k_attention_equals_masked_dense_attention(selection, top_k, chunk):
             assert (rows == rows[:, :1]).all()
 
 
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize(("top_k", "chunk"), [(1, 7), (3, 64), (500, 1024)])
+def test_local_regions_are_always_attended_once_besides_the_top_k(selection, top_k, chunk):
+    cells, layout = _ragged_layout(5, 400, 30, 3)
+    q, k, v = _qkv(5, len(layout.region_of_patch), 2, 8)
+    out, selected = query_aware_attention(
+        q,
+        k,
+        v,
+        layout,
+        _quest(q, k, layout),
+        top_k=top_k,
+        selection=selection,
+        local=True,
+        chunk_size=chunk,
+    )
+    torch.testing.assert_close(out, _reference(q, k, v, layout, selected), rtol=1e-9, atol=1e-9)
+    region_xy = {tuple(c) for c in (cells // 3).tolist()}
+    for patch in range(0, len(q), 17):
+        x, y = (cells[patch] // 3).tolist()
+        near = {(x + dx, y + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)} & region_xy
+        picks = selected[:, patch]
+        for head in picks:
+            chosen = head[head >= 0].tolist()
+            assert len(chosen) == len(set(chosen))  # no region twice
+            chosen_xy = {tuple(c) for c in build_grid(cells, 1, 3).region_cells[chosen].tolist()}
+            assert near <= chosen_xy
+            assert len(chosen) == min(len(near) + top_k, layout.n_regions)
+    if top_k >= layout.n_regions:  # every region once: exactly full attention
+        torch.testing.assert_close(out, _dense(q, k, v), rtol=1e-9, atol=1e-9)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 100_000),
@@ -201,14 +233,22 @@ def test_module_is_equivariant_to_patch_order(scorer, selection):
 @pytest.mark.parametrize("chunk", [16, 1024])
 @pytest.mark.parametrize("selection", SELECTIONS)
 @pytest.mark.parametrize("scorer", ["quest", "learned"])
-def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, chunk):
+@pytest.mark.parametrize("local", [False, True])
+def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, chunk, local):
     """Hard top-k forward; every parameter's gradient, learned scorer included, as autograd
-    gives it through masked dense attention plus the straight-through score term."""
+    gives it through masked dense attention plus the straight-through score term (on the
+    top-k picks only: local regions are attended whatever their score)."""
     torch.manual_seed(0)
     _, layout = _ragged_layout(6, 300, 24, 3)
     x = torch.randn(len(layout.region_of_patch), 16, dtype=torch.float64)
     layer = QueryAwareSelfAttention(
-        dim=16, heads=2, top_k=2, scorer=scorer, selection=selection, chunk_size=chunk
+        dim=16,
+        heads=2,
+        top_k=2,
+        scorer=scorer,
+        selection=selection,
+        chunk_size=chunk,
+        local=local,
     ).double()
     out, selected = layer(x, layout)
     q, k, v = layer.split(x)
@@ -218,8 +258,10 @@ def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, c
         queries = scoring.queries
         if selection == "region":  # the region's mean scoring query, shared by its patches
             queries = region_mean(queries, layout)[layout.region_of_patch]
-        score = scoring.score_selected(queries, selected)
-        bias = score - score.detach()
+        score = scoring.score_selected(queries, selected.clamp(min=0))
+        bias = (score - score.detach()).masked_fill(selected < 0, 0)
+        if local:
+            bias[..., :9] = 0
     expected = layer.merge(_reference(q, k, v, layout, selected, bias))
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
     weights = torch.randn_like(out)

@@ -41,8 +41,37 @@ CASES = {
             "top_k": 2,
             "scorer": "learned",
             "selection": "region",
-            "positional": True,
+            "positional": "absolute",
         },
+    ),
+    # the geometry options: slide-relative positions, local regions, another region summary
+    "querent-local-relative": (
+        "querent",
+        {
+            "dim": 16,
+            "heads": 2,
+            "region_size": 2,
+            "top_k": 2,
+            "scorer": "learned",
+            "local": True,
+            "positional": "relative",
+        },
+    ),
+    "querent-local-region-meanstd": (
+        "querent",
+        {
+            "dim": 16,
+            "heads": 2,
+            "region_size": 3,
+            "top_k": 1,
+            "selection": "region",
+            "local": True,
+            "summary": "meanstd",
+        },
+    ),
+    "full_attention-relative": (
+        "full_attention",
+        {"dim": 16, "heads": 2, "positional": "relative"},
     ),
 }
 MODELS = list(CASES)
@@ -146,10 +175,11 @@ def test_centred_cells_work_like_shifted_ones(name):
     with torch.no_grad():
         out = model(features, cells)
         shifted = model(features, centred)
-    if name == "transmil" or CASES[name][1].get("positional"):
+    if name == "transmil" or CASES[name][1].get("positional") == "absolute":
         assert torch.isfinite(shifted.logits).all()  # they see absolute positions
-    else:
-        torch.testing.assert_close(shifted.logits, out.logits, rtol=0, atol=1e-9)
+    else:  # slide-relative positions are computed in float32
+        atol = 1e-6 if CASES[name][1].get("positional") == "relative" else 1e-9
+        torch.testing.assert_close(shifted.logits, out.logits, rtol=0, atol=atol)
 
 
 def test_cells_must_be_integers_and_grids_must_fit():
@@ -228,7 +258,7 @@ def test_every_parameter_gets_a_gradient(name):
         ("querent", {"region_size": 0}),
         ("querent", {"scorer": "best"}),
         ("querent", {"selection": "slide"}),
-        ("querent", {"dim": 18, "heads": 2, "positional": True}),
+        ("querent", {"dim": 18, "heads": 2, "positional": "absolute"}),
         ("querent", {"depth": 0}),
         ("full_attention", {"dim": 2, "heads": 4}),
     ],

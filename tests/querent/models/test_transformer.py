@@ -18,7 +18,7 @@ def _pair(seed, **settings):
     """A Querent model and a full_attention model carrying the same weights."""
     torch.manual_seed(seed)
     shared = {"in_dim": 24, "n_outputs": 3, "dim": 32, "heads": 4, "depth": 2}
-    shared["positional"] = settings.pop("positional", False)
+    shared["positional"] = settings.pop("positional", "none")
     querent = create_model("querent", **shared, **settings).double().eval()
     full = create_model("full_attention", **shared).double().eval()
     missing, unexpected = full.load_state_dict(querent.state_dict(), strict=False)
@@ -30,15 +30,17 @@ def _pair(seed, **settings):
 @pytest.mark.parametrize("scorer", ["quest", "learned", "mean", "random"])
 @pytest.mark.parametrize(
     ("seed", "n_cells", "extent", "region_size", "positional"),
-    [(0, 300, 25, 4, False), (1, 80, 60, 2, True), (2, 500, 30, 5, False)],
+    [(0, 300, 25, 4, "none"), (1, 80, 60, 2, "absolute"), (2, 500, 30, 5, "relative")],
 )
+@pytest.mark.parametrize("local", [False, True])
 def test_all_regions_equals_full_attention_model(
-    scorer, selection, seed, n_cells, extent, region_size, positional
+    scorer, selection, seed, n_cells, extent, region_size, positional, local
 ):
     querent, full = _pair(
         seed,
         region_size=region_size,
         top_k=None,
+        local=local,
         scorer=scorer,
         selection=selection,
         positional=positional,
@@ -69,7 +71,7 @@ def test_top_k_changes_the_output_and_positional_encoding_sees_the_lattice():
     querent, full = _pair(0, region_size=4, top_k=2)
     with torch.no_grad():
         assert not torch.allclose(querent(features, cells).logits, full(features, cells).logits)
-    positional, _ = _pair(0, region_size=4, top_k=2, positional=True)
+    positional, _ = _pair(0, region_size=4, top_k=2, positional="absolute")
     with torch.no_grad():
         moved = positional(features, cells + torch.tensor([7, 3])).logits
         assert not torch.allclose(positional(features, cells).logits, moved)

@@ -1,0 +1,134 @@
+"""Context cohorts: the label lives in the arrangement of patch types, nowhere else."""
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from querent.data.bags import read_bag_arrays
+from querent.data.context import (
+    IMMUNE,
+    TUMOUR,
+    TYPES,
+    ContextSettings,
+    bag_statistics,
+    generate_slide,
+    neighbour_cooccurrence,
+    prototypes,
+)
+from querent.data.synthetic import write_context_cohort
+
+
+def _cohort(tmp_path_factory, **settings):
+    folder = tmp_path_factory.mktemp("context")
+    sheet = write_context_cohort(folder, ContextSettings(**settings))
+    sheet = pd.read_csv(sheet)
+    arrays = {s: read_bag_arrays(folder / "features" / f"{s}.h5") for s in sheet["slide_id"]}
+    types = {}
+    for slide_id in sheet["slide_id"]:
+        with h5py.File(folder / "features" / f"{slide_id}.h5") as h5:
+            types[slide_id] = h5["types"][:]
+    return sheet, arrays, types, pd.read_csv(folder / "truth.csv")
+
+
+@pytest.fixture(scope="module")
+def margin_cohort(tmp_path_factory):
+    return _cohort(tmp_path_factory, kind="margin", slides=120, patches=300, seed=4)
+
+
+def _cv_auc(x, y):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return roc_auc_score(y, cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1])
+
+
+def test_a_permutation_invariant_bag_statistic_is_at_chance(margin_cohort):
+    sheet, arrays, types, truth = margin_cohort
+    y = (sheet["label"] == "pos").to_numpy()
+    stats = np.array([bag_statistics(arrays[s][0]) for s in sheet["slide_id"]])
+    shares = np.array(
+        [np.bincount(types[s], minlength=4) / len(types[s]) for s in sheet["slide_id"]]
+    )
+    assert abs(_cv_auc(stats, y) - 0.5) < 0.15
+    assert abs(_cv_auc(shares, y) - 0.5) < 0.15
+    # ...while the arrangement separates the classes completely
+    assert roc_auc_score(y, truth["immune_next_to_tumour"]) > 0.95
+
+
+def test_type_counts_follow_one_distribution_in_both_classes(margin_cohort):
+    sheet, _, types, _ = margin_cohort
+    shares = pd.DataFrame(
+        [np.bincount(types[s], minlength=4) / len(types[s]) for s in sheet["slide_id"]],
+        columns=TYPES,
+    ).assign(label=sheet["label"])
+    means = shares.groupby("label").mean()
+    assert (means.loc["pos"] - means.loc["neg"]).abs().max() < 0.01
+
+
+def test_files_are_feature_files_on_one_lattice(margin_cohort):
+    sheet, arrays, types, truth = margin_cohort
+    assert list(sheet.columns) == ["slide_id", "case_id", "label", "time", "event"]
+    for slide_id in sheet["slide_id"][:5]:
+        features, cells = arrays[slide_id]
+        assert features.shape == (len(cells), 32) and len(types[slide_id]) == len(cells)
+        assert len(np.unique(cells, axis=0)) == len(cells)  # one patch per cell
+        assert 0.85 * 300 <= len(cells) <= 1.15 * 300 + 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "a", "b"), [("margin", IMMUNE, TUMOUR), ("aggregate", IMMUNE, IMMUNE)]
+)
+def test_each_arrangement_shows_in_its_neighbourhood_statistic(kind, a, b):
+    settings = ContextSettings(kind=kind, patches=1500, range=2)
+    rng = np.random.default_rng(0)
+    protos = prototypes(settings)
+    share = {
+        score: np.mean(
+            [
+                neighbour_cooccurrence(slide.cells, slide.types, a, b)
+                for slide in (generate_slide(rng, settings, score, protos) for _ in range(4))
+            ]
+        )
+        for score in (0.0, 1.0)
+    }
+    assert share[1.0] > share[0.0] + 0.2
+
+
+def test_control_slides_carry_the_label_in_single_patches():
+    settings = ContextSettings(kind="control", patches=400)
+    rng = np.random.default_rng(1)
+    protos = prototypes(settings)
+    slide = generate_slide(rng, settings, 1.0, protos)
+    immune = slide.features[slide.types == IMMUNE]
+    to_positive = np.linalg.norm(immune - protos[len(TYPES)], axis=1).mean()
+    to_negative = np.linalg.norm(immune - protos[IMMUNE], axis=1).mean()
+    assert to_positive < to_negative
+
+
+def test_prototypes_are_equidistant_at_the_separation():
+    protos = prototypes(ContextSettings(dim=16, separation=3.0, noise=0.5))
+    distances = np.linalg.norm(protos[:, None] - protos[None], axis=-1)
+    off = distances[~np.eye(len(protos), dtype=bool)]
+    np.testing.assert_allclose(off, 1.5, rtol=1e-5)
+
+
+def test_survival_times_shorten_with_the_score(tmp_path_factory):
+    sheet, _, _, truth = _cohort(
+        tmp_path_factory, kind="margin", task="survival", slides=200, patches=60, seed=2
+    )
+    from lifelines.utils import concordance_index
+
+    # higher score, higher hazard: concordance of -score with time is well above chance
+    assert concordance_index(sheet["time"], -truth["score"], sheet["event"]) > 0.7
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="kind"):
+        ContextSettings(kind="spiral")
+    with pytest.raises(ValueError, match="task"):
+        ContextSettings(task="regression")
