@@ -10,7 +10,10 @@ run with the code the workflow runs (``make_splits``, ``fold_slides``, ``train_f
   per epoch, peak memory of one training step at ~2k and ~20k patches).
 - ``control``: the attention models where single patches carry the label.
 - ``survival``: the survival variant (C-index; the ceiling is that of the true score).
-- ``summary``, ``region_size``, ``top_k``, ``scorer``: the paper's ablations of Querent.
+- ``summary``, ``region_size``, ``top_k``, ``scorer``: the paper's ablations of Querent (a
+  setting equal to the main study's default Querent reuses its row).
+- ``cost``: seconds and peak memory of one training step at ``--patches`` and ``--large``.
+- ``large``: the context cohort at ``--large`` patches per slide (fewer slides and models).
 
     python benchmarks/bench_context.py --study design main control survival summary ...
         [--folds 5] [--epochs 15] [--lr 1e-3] [--slides 80] [--patches 2000] [--threads 2]
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 import resource
 import statistics
 import time
@@ -62,8 +66,13 @@ from querent.models import create_model
 HERE = Path(__file__).resolve().parent
 #: Model width of every transformer run (small: the cohorts are small).
 SMALL = {"dim": 32, "heads": 2}
-#: The default Querent of this benchmark (the README's choice; see "Does context matter?").
-QUERENT = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8, "local": True}
+#: Querent as in the paper: regions of 4 x 4 cells, top 8, per-patch selection, no geometry.
+PAPER = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8}
+#: The default Querent (the README's choice from the main study; see "Does context matter?"),
+#: the base of the ablations.
+QUERENT = {**PAPER, "scorer": "learned"}
+LOCAL = {**PAPER, "local": True}
+GEOMETRY = {"positional": "relative", "training": {"augment": True}}
 
 MAIN = {
     "mean_pool": {"arch": "mean_pool", "dim": 32},
@@ -71,47 +80,26 @@ MAIN = {
     "abmil": {"arch": "abmil"},
     "transmil": {"arch": "transmil", **SMALL},
     "full_attention": {"arch": "full_attention", **SMALL},
-    "full_attention+relpos+aug": {
-        "arch": "full_attention",
-        **SMALL,
-        "positional": "relative",
-        "training": {"augment": True},
-    },
-    "querent quest (paper)": {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8},
-    "querent learned (paper)": {
-        "arch": "querent",
-        **SMALL,
-        "region_size": 4,
-        "top_k": 8,
-        "scorer": "learned",
-    },
-    "querent quest region-shared": {
-        "arch": "querent",
-        **SMALL,
-        "region_size": 4,
-        "top_k": 8,
-        "selection": "region",
-    },
-    "querent quest+relpos+aug": {
-        "arch": "querent",
-        **SMALL,
-        "region_size": 4,
-        "top_k": 8,
-        "positional": "relative",
-        "training": {"augment": True},
-    },
-    "querent quest+local": QUERENT,
-    "querent learned+local": {**QUERENT, "scorer": "learned"},
-    "querent quest+local region-shared": {**QUERENT, "selection": "region"},
+    "full_attention+relpos+aug": {"arch": "full_attention", **SMALL, **GEOMETRY},
+    "querent quest (paper)": PAPER,
+    "querent learned (paper)": QUERENT,
+    "querent quest region-shared": {**PAPER, "selection": "region"},
+    "querent quest+relpos+aug": {**PAPER, **GEOMETRY},
+    "querent quest+local": LOCAL,
+    "querent learned+local": {**LOCAL, "scorer": "learned"},
+    "querent quest+local region-shared": {**LOCAL, "selection": "region"},
 }
-CONTROL = {name: MAIN[name] for name in ("abmil", "transmil", "full_attention")} | {
-    "querent quest+local": QUERENT,
-    "querent learned (paper)": MAIN["querent learned (paper)"],
+CONTROL = {
+    name: MAIN[name]
+    for name in ("abmil", "transmil", "full_attention", "querent quest+local")
+    + ("querent learned (paper)",)
 }
-SURVIVAL = {name: MAIN[name] for name in ("mean_pool", "abmil", "full_attention+relpos+aug")} | {
-    "querent quest+local": QUERENT,
-    "querent learned (paper)": MAIN["querent learned (paper)"],
+SURVIVAL = {
+    name: MAIN[name]
+    for name in ("mean_pool", "abmil", "full_attention+relpos+aug", "querent quest+local")
+    + ("querent learned (paper)",)
 }
+LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned (paper)")}
 ABLATIONS = {
     "summary": {s: {**QUERENT, "summary": s} for s in ("minmax", "min", "max", "mean", "meanstd")},
     "region_size": {str(r): {**QUERENT, "region_size": r} for r in (1, 2, 4, 6, 8)},
@@ -163,16 +151,23 @@ def design_check(root: Path, settings: ContextSettings) -> dict:
 
 
 def cross_validate(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
-    """k-fold main metric of one model run, with seconds per epoch."""
+    """k-fold main metric of one model run, with seconds per epoch.
+
+    A fold whose evaluation exists in ``out`` (an earlier, interrupted run of the benchmark)
+    is read, not trained again.
+    """
     training = {"epochs": args.epochs, "max_patches": None, "lr": args.lr}
-    run = model_run(name.replace(" ", "_").replace("+", "_"), spec, training)
+    run = model_run(re.sub(r"[^A-Za-z0-9_.-]", "_", name), spec, training)
     splits = make_splits(cohort, SplitSettings(folds=args.folds, seed=0))
     scores, seconds = [], []
     for fold in range(args.folds):
         train, val, test = fold_slides(splits, cohort, fold, val_fraction=0.2, seed=0)
         folder = out / run.name / f"fold_{fold}"
-        model = train_fold(run, cohort, files, train, val, folder, encoder="synthetic", fold=fold)
-        metrics = evaluate_fold(model, cohort, files, test, folder / "eval", workers=0)
+        if (folder / "eval" / "metrics.json").is_file():
+            metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        else:
+            model = train_fold(run, cohort, files, train, val, folder, encoder="s", fold=fold)
+            metrics = evaluate_fold(model, cohort, files, test, folder / "eval", workers=0)
         scores.append(metrics["level"]["case"][metric_name(cohort)])
         seconds.extend(pd.read_csv(folder / "history.csv")["seconds"].tolist())
     return {
@@ -182,6 +177,20 @@ def cross_validate(name: str, spec: dict, cohort, files, args, out: Path) -> dic
         "folds": [round(s, 3) for s in scores],
         "s_per_epoch": round(statistics.median(seconds), 2),
     }
+
+
+def main_table_row(name: str, spec: dict, folds: int) -> dict | None:
+    """The main study's row of the same model run on the same cohort and folds, if any."""
+    path = HERE / "results" / "bench_context_main.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["args"]["folds"] != folds:
+        return None
+    for row in record["rows"]:
+        if MAIN.get(row["model"]) == spec:
+            return row | {"model": name, "from": row["model"]}
+    return None
 
 
 def metric_name(cohort) -> str:
@@ -255,16 +264,19 @@ def summary_fidelity(root: Path, settings: ContextSettings, region_size: int = 4
 
 
 def main() -> None:
-    studies = ["design", "main", "control", "survival", *ABLATIONS, "cost"]
+    studies = ["design", "main", "control", "survival", *ABLATIONS, "cost", "large"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", nargs="+", choices=studies, default=["design", "main"])
-    parser.add_argument("--models", nargs="*", help="only these model runs of a study")
+    parser.add_argument(
+        "--models", nargs="*", help="only (re)run these model runs of a study, keep other rows"
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--slides", type=int, default=80)
     parser.add_argument("--patches", type=int, default=2000)
-    parser.add_argument("--large", type=int, default=20000, help="patches of the cost study")
+    parser.add_argument("--large", type=int, default=20000, help="patches: cost, large")
+    parser.add_argument("--large-slides", type=int, default=60, help="slides of study large")
     parser.add_argument("--kind", default="margin", help="arrangement of the context cohort")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=HERE / "results" / "context_work")
@@ -276,6 +288,9 @@ def main() -> None:
         record = {"study": study, "device": device.type, "args": vars(args) | {"work": None}}
         path = HERE / "results" / f"bench_context_{study}.json"
         rows = record["rows"] = []
+        if args.models and path.is_file():  # rerun some models: keep the other rows
+            kept = json.loads(path.read_text())["rows"]
+            rows.extend(row for row in kept if row["model"] not in args.models)
         if study == "design":
             for kind in ("margin", "aggregate", "control"):
                 rows.append(
@@ -298,6 +313,10 @@ def main() -> None:
                 settings = ContextSettings(**{**vars(base), "kind": "control"})
             if study == "survival":
                 settings = ContextSettings(**{**vars(base), "task": "survival"})
+            if study == "large":
+                settings = ContextSettings(
+                    **{**vars(base), "patches": args.large, "slides": args.large_slides}
+                )
             cohort, files = write_cohort(args.work, settings)
             if study == "survival":
                 truth = pd.read_csv(files[cohort.slide_ids[0]].parents[1] / "truth.csv")
@@ -305,11 +324,14 @@ def main() -> None:
                 record["ceiling_c_index"] = round(
                     survival_metrics(table["time"], table["event"], truth["score"])["c_index"], 3
                 )
-            models = {"main": MAIN, "control": CONTROL, "survival": SURVIVAL} | ABLATIONS
-            for name, spec in models[study].items():
+            models = {"main": MAIN, "control": CONTROL, "survival": SURVIVAL, "large": LARGE}
+            for name, spec in (models | ABLATIONS)[study].items():
                 if args.models and name not in args.models:
                     continue
-                rows.append(cross_validate(name, spec, cohort, files, args, args.work / study))
+                earlier = main_table_row(name, spec, args.folds) if study in ABLATIONS else None
+                rows.append(
+                    earlier or cross_validate(name, spec, cohort, files, args, args.work / study)
+                )
                 print(rows[-1], flush=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record, indent=2) + "\n")

@@ -50,7 +50,9 @@ class ContextSettings:
         metadata={"help": "label or survival", "choices": ("classification", "survival")},
     )
     slides: int = field(default=100, metadata={"help": "slides (one per case)"})
-    patches: int = field(default=2000, metadata={"help": "mean patches per slide (each within 15 percent)"})
+    patches: int = field(
+        default=2000, metadata={"help": "mean patches per slide (each within 15 percent)"}
+    )
     dim: int = field(default=32, metadata={"help": "feature width"})
     range: int = field(default=2, metadata={"help": "interaction range in lattice cells"})
     noise: float = field(default=1.0, metadata={"help": "feature noise (sd per channel)"})

@@ -84,7 +84,7 @@ class Querent(TransformerMIL):
         depth: Transformer blocks.
         region_size: Lattice cells per region side (regions hold up to region_size² patches).
         top_k: Regions each patch attends to; None = all (exact full attention).
-        scorer: ``quest`` (bound on keys), ``learned`` (the paper's), ``mean`` or ``random``.
+        scorer: ``learned`` (the paper's), ``quest`` (bound on keys), ``mean`` or ``random``.
         selection: ``patch`` (each patch picks its regions, the paper's) or ``region``
             (patches of a region share a pick; faster).
         summary: Region summary the scorer reads: ``minmax`` (the paper's), or the ablations
@@ -108,7 +108,7 @@ class Querent(TransformerMIL):
         depth: int = 1,
         region_size: int = 4,
         top_k: int | None = 8,
-        scorer: str = "quest",
+        scorer: str = "learned",
         selection: str = "patch",
         summary: str = "minmax",
         local: bool = False,

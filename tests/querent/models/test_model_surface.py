@@ -15,7 +15,10 @@ CASES = {
     # 32 features give 16 Nyström landmarks, so bags of 40 patches average tokens per landmark
     "transmil": ("transmil", {"dim": 32, "heads": 4}),
     "full_attention": ("full_attention", {"dim": 16, "heads": 2, "depth": 2}),
-    "querent-quest": ("querent", {"dim": 16, "heads": 2, "region_size": 2, "top_k": 2}),
+    "querent-quest": (
+        "querent",
+        {"dim": 16, "heads": 2, "region_size": 2, "top_k": 2, "scorer": "quest"},
+    ),
     "querent-learned": (
         "querent",
         {"dim": 16, "heads": 2, "region_size": 3, "top_k": 2, "scorer": "learned"},
