@@ -5,21 +5,24 @@ run with the code the workflow runs (``make_splits``, ``fold_slides``, ``train_f
 ``evaluate_fold``), k-fold, and prints one table per study:
 
 - ``design``: the cohort's promise: a permutation-invariant bag statistic (logistic regression
-  on per-bag mean, sd, min, max and size) at chance, the immune-next-to-tumour share far above.
-- ``main``: every model on the context cohort (AUC or C-index per fold, mean +- sd, seconds
-  per epoch, peak memory of one training step at ~2k and ~20k patches).
+  on per-bag mean, sd, min, max and size) at chance, the neighbourhood statistic of each
+  arrangement far above; and the paper's summary-quality measure.
+- ``main``: every model on the context cohort (AUC per fold, mean +- sd, seconds per epoch).
 - ``control``: the attention models where single patches carry the label.
 - ``survival``: the survival variant (C-index; the ceiling is that of the true score).
 - ``summary``, ``region_size``, ``top_k``, ``scorer``: the paper's ablations of Querent (a
   setting equal to the main study's default Querent reuses its row).
-- ``cost``: seconds and peak memory of one training step at ``--patches`` and ``--large``.
+- ``cost``: seconds and peak memory of one training step at ``--patches`` and ``--large``
+  (``--width``: the transformers at that width; written to ``..._cost_width{W}.json``).
 - ``large``: the context cohort at ``--large`` patches per slide (fewer slides and models).
 
-    python benchmarks/bench_context.py --study design main control survival summary ...
+    python benchmarks/bench_context.py --study design main control cost survival summary ...
         [--folds 5] [--epochs 15] [--lr 1e-3] [--slides 80] [--patches 2000] [--threads 2]
 
 Results go to benchmarks/results/bench_context_{study}.json (one file per study, rewritten
-as each model finishes, so a long run can be read while it goes).
+as each model finishes, so a long run can be read while it goes). Trained folds are kept under
+``--work`` and reused by a later run of the same study (delete the folder after changing
+``--epochs``, ``--lr`` or the cohort).
 """
 
 from __future__ import annotations
@@ -94,11 +97,7 @@ CONTROL = {
     for name in ("abmil", "transmil", "full_attention", "querent quest+local")
     + ("querent learned (paper)",)
 }
-SURVIVAL = {
-    name: MAIN[name]
-    for name in ("mean_pool", "abmil", "full_attention+relpos+aug", "querent quest+local")
-    + ("querent learned (paper)",)
-}
+SURVIVAL = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned (paper)")}
 LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned (paper)")}
 ABLATIONS = {
     "summary": {s: {**QUERENT, "summary": s} for s in ("minmax", "min", "max", "mean", "meanstd")},
@@ -219,7 +218,7 @@ def _step_cost(spec: dict, n: int, in_dim: int, threads: int, queue) -> None:
 
 def step_cost(spec: dict, n: int, in_dim: int, threads: int) -> tuple[float, float]:
     """(seconds, peak MiB above the model's baseline) of one training step, in a fresh process."""
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # fork after OpenMP can hang
     queue = context.Queue()
     process = context.Process(target=_step_cost, args=(spec, n, in_dim, threads, queue))
     process.start()
@@ -279,6 +278,9 @@ def main() -> None:
     parser.add_argument("--large-slides", type=int, default=60, help="slides of study large")
     parser.add_argument("--kind", default="margin", help="arrangement of the context cohort")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--width", type=int, help="cost study: transformer width (heads: width / 64) instead of 32"
+    )
     parser.add_argument("--work", type=Path, default=HERE / "results" / "context_work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -286,7 +288,8 @@ def main() -> None:
     base = ContextSettings(kind=args.kind, slides=args.slides, patches=args.patches)
     for study in args.study:
         record = {"study": study, "device": device.type, "args": vars(args) | {"work": None}}
-        path = HERE / "results" / f"bench_context_{study}.json"
+        suffix = f"_width{args.width}" if study == "cost" and args.width else ""
+        path = HERE / "results" / f"bench_context_{study}{suffix}.json"
         rows = record["rows"] = []
         if args.models and path.is_file():  # rerun some models: keep the other rows
             kept = json.loads(path.read_text())["rows"]
@@ -300,6 +303,10 @@ def main() -> None:
             print("summary fidelity:", record["summary_fidelity"])
         elif study == "cost":
             for name, spec in MAIN.items():
+                if args.models and name not in args.models:
+                    continue
+                if args.width and spec["arch"] in ("querent", "full_attention", "transmil"):
+                    spec = spec | {"dim": args.width, "heads": args.width // 64}
                 row = {"model": name}
                 for n in (args.patches, args.large):
                     seconds, mib = step_cost(spec, n, 32, args.threads)
