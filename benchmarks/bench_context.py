@@ -192,6 +192,17 @@ def main_table_row(name: str, spec: dict, folds: int) -> dict | None:
     return None
 
 
+def earlier_ablations(folds: int) -> dict[str, dict]:
+    """Rows of the ablation studies written before with the same folds, by model setting."""
+    rows = {}
+    for study, models in ABLATIONS.items():
+        path = HERE / "results" / f"bench_context_{study}.json"
+        if path.is_file() and json.loads(path.read_text())["args"]["folds"] == folds:
+            for row in json.loads(path.read_text())["rows"]:
+                rows[json.dumps(models[row["model"]], sort_keys=True)] = row
+    return rows
+
+
 def metric_name(cohort) -> str:
     """The main metric of the cohort's task."""
     return "auc" if cohort.task == "classification" else "c_index"
@@ -286,6 +297,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device()
     base = ContextSettings(kind=args.kind, slides=args.slides, patches=args.patches)
+    ablated = earlier_ablations(args.folds)  # the default setting recurs in every ablation
     for study in args.study:
         record = {"study": study, "device": device.type, "args": vars(args) | {"work": None}}
         suffix = f"_width{args.width}" if study == "cost" and args.width else ""
@@ -335,10 +347,14 @@ def main() -> None:
             for name, spec in (models | ABLATIONS)[study].items():
                 if args.models and name not in args.models:
                     continue
-                earlier = main_table_row(name, spec, args.folds) if study in ABLATIONS else None
-                rows.append(
-                    earlier or cross_validate(name, spec, cohort, files, args, args.work / study)
-                )
+                key = json.dumps(spec, sort_keys=True)
+                earlier = None
+                if study in ABLATIONS:
+                    earlier = main_table_row(name, spec, args.folds) or ablated.get(key)
+                row = earlier or cross_validate(name, spec, cohort, files, args, args.work / study)
+                rows.append(row | {"model": name})
+                if study in ABLATIONS:
+                    ablated[key] = rows[-1]
                 print(rows[-1], flush=True)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record, indent=2) + "\n")
