@@ -117,10 +117,10 @@ def tissue_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     return mask.reshape(side, side)
 
 
-def _distance_to(mask: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Euclidean distance (cells) of every cell of ``mask`` to the nearest ``target`` cell."""
+def _distance_to(target: np.ndarray) -> np.ndarray:
+    """Euclidean distance (cells) of every cell of the grid to the nearest ``target`` cell."""
     if not target.any():
-        return np.full(mask.shape, np.inf)
+        return np.full(target.shape, np.inf)
     return ndimage.distance_transform_edt(~target)
 
 
@@ -161,7 +161,7 @@ def _place_immune(
     """Cells of ``count`` immune patches among ``free`` by the positive or negative rule."""
     reach = settings.range
     if settings.kind == "margin":
-        distance = _distance_to(free, tumour)
+        distance = _distance_to(tumour)
         if positive:
             weight = (distance <= reach + 0.5).astype(float)
         else:
