@@ -70,10 +70,12 @@ HERE = Path(__file__).resolve().parent
 #: Model width of every transformer run (small: the cohorts are small).
 SMALL = {"dim": 32, "heads": 2}
 #: Querent as in the paper: regions of 4 x 4 cells, top 8, per-patch selection, no geometry.
-PAPER = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8}
-#: The default Querent (the README's choice from the main study; see "Does context matter?"),
-#: the base of the ablations.
+PAPER = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8, "selection": "patch"}
+#: The paper's Querent with the learned scorer: the base of the ablations (per-patch selection,
+#: as the paper ablates it).
 QUERENT = {**PAPER, "scorer": "learned"}
+#: The default Querent (the README's choice from the main study; see "Does context matter?").
+DEFAULT = {**QUERENT, "selection": "region"}
 LOCAL = {**PAPER, "local": True}
 GEOMETRY = {"positional": "relative", "training": {"augment": True}}
 
@@ -87,18 +89,23 @@ MAIN = {
     "querent quest (paper)": PAPER,
     "querent learned (paper)": QUERENT,
     "querent quest region-shared": {**PAPER, "selection": "region"},
+    "querent learned region-shared": DEFAULT,
     "querent quest+relpos+aug": {**PAPER, **GEOMETRY},
     "querent quest+local": LOCAL,
     "querent learned+local": {**LOCAL, "scorer": "learned"},
     "querent quest+local region-shared": {**LOCAL, "selection": "region"},
+    "querent learned+local region-shared": {**LOCAL, "scorer": "learned", "selection": "region"},
 }
 CONTROL = {
     name: MAIN[name]
     for name in ("abmil", "transmil", "full_attention", "querent quest+local")
     + ("querent learned (paper)",)
 }
-SURVIVAL = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned (paper)")}
-LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned (paper)")}
+SURVIVAL = {
+    name: MAIN[name]
+    for name in ("mean_pool", "abmil", "querent learned (paper)", "querent learned region-shared")
+}
+LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned region-shared")}
 ABLATIONS = {
     "summary": {s: {**QUERENT, "summary": s} for s in ("minmax", "min", "max", "mean", "meanstd")},
     "region_size": {str(r): {**QUERENT, "region_size": r} for r in (1, 2, 4, 6, 8)},

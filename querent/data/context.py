@@ -13,8 +13,8 @@ carries no signal. What differs is where the immune patches sit:
 - ``control``: placed at random in both, but immune patches of positive slides have their own
   feature prototype: single patches carry the label (every model should learn it).
 
-A slide's ``score`` in [0, 1] is the share of its immune patches placed by the positive rule: 0
-or 1 for classification, uniform for survival, whose hazard grows with it.
+A slide's ``score`` in [0, 1] is the share of its immune patches placed by the positive rule;
+cohorts use 0 (negative) and 1 (positive), and the survival task's hazard grows with it.
 
 Features are ``prototype[type] + noise * N(0, I)``; prototypes sit ``separation`` apart (in
 noise units), so single patches are confused across types. Pure numpy and scipy.

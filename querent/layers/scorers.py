@@ -88,10 +88,8 @@ def quest_scores(queries: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) 
         (h, c, r) scores; ``scores[h, i, j] >= q_i . key`` for every key of region ``j``.
     """
     positive = queries.clamp(min=0)
-    negative = queries - positive
-    return torch.einsum("chd,rhd->hcr", positive, kmax) + torch.einsum(
-        "chd,rhd->hcr", negative, kmin
-    )
+    signed = torch.cat([positive, queries - positive], dim=-1)
+    return torch.einsum("chd,rhd->hcr", signed, torch.cat([kmax, kmin], dim=-1))
 
 
 class QuestScorer(RegionScorer):
@@ -155,10 +153,13 @@ class LearnedScorer(RegionScorer):
         f_min = rearrange(self.f_min(x_min), split, h=self.heads)
         f_max = rearrange(self.f_max(x_max), split, h=self.heads)
         queries = rearrange(self.q_hat(x), split, h=self.heads)
+        n_regions = len(f_min)
+        both = rearrange(torch.cat([f_min, f_max]).detach(), "r h e -> h e r")
 
         def score_all(chunk: torch.Tensor) -> torch.Tensor:
-            low = torch.einsum("che,rhe->hcr", chunk, f_min).abs()
-            return torch.maximum(low, torch.einsum("che,rhe->hcr", chunk, f_max).abs())
+            # one matmul against min and max projections side by side, then the larger |.|
+            scores = torch.bmm(rearrange(chunk, "c h e -> h c e"), both).abs_()
+            return torch.maximum(scores[..., :n_regions], scores[..., n_regions:])
 
         def score_selected(chunk: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
             head = torch.arange(self.heads, device=chunk.device)[:, None, None]
