@@ -9,7 +9,8 @@ run with the code the workflow runs (``make_splits``, ``fold_slides``, ``train_f
   arrangement far above; and the paper's summary-quality measure.
 - ``main``: every model on the context cohort (AUC per fold, mean +- sd, seconds per epoch).
 - ``control``: the attention models where single patches carry the label.
-- ``survival``: the survival variant (C-index; the ceiling is that of the true score).
+- ``survival``: the survival variant at ``--survival-slides`` slides (C-index; the ceiling is
+  that of the true score).
 - ``summary``, ``region_size``, ``top_k``, ``scorer``: the paper's ablations of Querent (a
   setting equal to the main study's default Querent reuses its row).
 - ``cost``: seconds and peak memory of one training step at ``--patches`` and ``--large``
@@ -21,8 +22,8 @@ run with the code the workflow runs (``make_splits``, ``fold_slides``, ``train_f
 
 Results go to benchmarks/results/bench_context_{study}.json (one file per study, rewritten
 as each model finishes, so a long run can be read while it goes). Trained folds are kept under
-``--work`` and reused by a later run of the same study (delete the folder after changing
-``--epochs``, ``--lr`` or the cohort).
+``--work``/{study}/{cohort} and reused by a later run of the same study on the same cohort
+(delete the folder after changing ``--epochs`` or ``--lr``).
 """
 
 from __future__ import annotations
@@ -101,10 +102,7 @@ CONTROL = {
     for name in ("abmil", "transmil", "full_attention", "querent quest+local")
     + ("querent learned (paper)",)
 }
-SURVIVAL = {
-    name: MAIN[name]
-    for name in ("mean_pool", "abmil", "querent learned (paper)", "querent learned region-shared")
-}
+SURVIVAL = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned region-shared")}
 LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned region-shared")}
 ABLATIONS = {
     "summary": {s: {**QUERENT, "summary": s} for s in ("minmax", "min", "max", "mean", "meanstd")},
@@ -294,6 +292,9 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=2000)
     parser.add_argument("--large", type=int, default=20000, help="patches: cost, large")
     parser.add_argument("--large-slides", type=int, default=60, help="slides of study large")
+    parser.add_argument(
+        "--survival-slides", type=int, default=200, help="slides of study survival (noisy times)"
+    )
     parser.add_argument("--kind", default="margin", help="arrangement of the context cohort")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -338,7 +339,9 @@ def main() -> None:
             if study == "control":
                 settings = ContextSettings(**{**vars(base), "kind": "control"})
             if study == "survival":
-                settings = ContextSettings(**{**vars(base), "task": "survival"})
+                settings = ContextSettings(
+                    **{**vars(base), "task": "survival", "slides": args.survival_slides}
+                )
             if study == "large":
                 settings = ContextSettings(
                     **{**vars(base), "patches": args.large, "slides": args.large_slides}
@@ -358,7 +361,9 @@ def main() -> None:
                 earlier = None
                 if study in ABLATIONS:
                     earlier = main_table_row(name, spec, args.folds) or ablated.get(key)
-                row = earlier or cross_validate(name, spec, cohort, files, args, args.work / study)
+                cohort_dir = next(iter(files.values())).parents[1].name  # one cache per cohort
+                out = args.work / study / cohort_dir
+                row = earlier or cross_validate(name, spec, cohort, files, args, out)
                 rows.append(row | {"model": name})
                 if study in ABLATIONS:
                     ablated[key] = rows[-1]

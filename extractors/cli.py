@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from extractors.errors import SettingsError
+from extractors.io import read_coords
 from extractors.wsi import tiling, tissue
 from extractors.wsi.discovery import check_slide_id, slide_id_from_path
 from extractors.wsi.reader import Slide
@@ -76,19 +78,39 @@ def _tissue_params(args: argparse.Namespace) -> tissue.TissueParams:
     return tissue.tissue_params(args.preset, **options_from_args(args, tissue.TissueParams))
 
 
+#: Suffix of the tissue QC picture (outlines only) in a CLI output folder. The workflow writes
+#: it to results/tissue/{slide}_qc.png; in one CLI folder it sits beside the tiling picture
+#: DIR/{slide}_qc.png (results/coords/{slide}_qc.png), so it needs its own name.
+TISSUE_QC_SUFFIX = "_tissue_qc.png"
+
+
 def run_segment(args: argparse.Namespace) -> None:
-    """Segment one slide: DIR/{slide_id}.geojson, _qc.png and the thumbnail .jpg (+ .json)."""
+    """Segment one slide: DIR/{slide_id}.geojson, _tissue_qc.png and thumbnail .jpg (+ .json).
+
+    The picture is the workflow's results/tissue/{slide}_qc.png; named apart from the tiling
+    picture DIR/{slide_id}_qc.png, so `querent tile` into the same folder keeps both.
+    """
     with _open(args) as slide:
         out = args.out_dir / slide.slide_id
         result = tissue.segment_slide(
-            slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png", f"{out}.jpg"
+            slide,
+            _tissue_params(args),
+            f"{out}.geojson",
+            f"{out}{TISSUE_QC_SUFFIX}",
+            f"{out}.jpg",
         )
     area_mm2 = result.tissue_area_um2 / 1e6
     print(f"{out}.geojson\t{len(result.polygons)} tissue pieces\t{area_mm2:.3f} mm²")
 
 
 def run_tile(args: argparse.Namespace) -> None:
-    """Tile one slide: DIR/{slide_id}.h5, DIR/{slide_id}_qc.png (and the GeoJSON if segmented)."""
+    """Tile one slide: DIR/{slide_id}.h5 and DIR/{slide_id}_qc.png (tissue and patches).
+
+    Without --tissue the slide is segmented first, which adds DIR/{slide_id}.geojson and
+    DIR/{slide_id}_tissue_qc.png (outlines only), as `querent segment` writes them. In the
+    workflow the two pictures are results/coords/{slide}_qc.png and
+    results/tissue/{slide}_qc.png.
+    """
     params = tiling.TilingParams(**options_from_args(args, tiling.TilingParams))
     with _open(args) as slide:
         out = args.out_dir / slide.slide_id
@@ -97,7 +119,7 @@ def run_tile(args: argparse.Namespace) -> None:
             polygons = tissue.read_geojson(args.tissue)
         else:
             result = tissue.segment_slide(
-                slide, _tissue_params(args), f"{out}.geojson", f"{out}_qc.png"
+                slide, _tissue_params(args), f"{out}.geojson", f"{out}{TISSUE_QC_SUFFIX}"
             )
             polygons, thumbnail = result.polygons, result.thumbnail
         coords, _ = tiling.tile_slide(
@@ -140,8 +162,48 @@ def _coords_for(slide: Path, slide_id: str, coords: Path, n_slides: int) -> Path
     return coords
 
 
+def check_coords_mpp(slide_kwargs: dict, path: Path, coords: Path) -> None:
+    """Refuse an MPP given for extraction that differs from the one the coords were tiled at.
+
+    The coords file fixes the patch geometry (level, level-0 size, read size), so an MPP given
+    to ``extract`` cannot change the patches; a different one would be ignored silently.
+
+    Args:
+        slide_kwargs: Keyword arguments of :class:`Slide` (slide_id, mpp_override, mpp_default).
+        path: The slide.
+        coords: Its coords file.
+
+    Raises:
+        SettingsError: The given MPP (``--mpp``, or ``--mpp-default`` where it applies) differs
+            from the coords file's ``level0_mpp``; the message names the slide, both MPPs and
+            the fix.
+    """
+    _, attrs = read_coords(coords)
+    given_mpps = (slide_kwargs.get("mpp_override"), slide_kwargs.get("mpp_default"))
+    if given_mpps == (None, None) or "level0_mpp" not in attrs:  # the latter: another tool's
+        return
+    with Slide(path, **slide_kwargs) as slide:
+        flag = {"slide_sheet": "--mpp", "config_default": "--mpp-default"}.get(slide.mpp_source)
+        given, slide_id = slide.mpp, slide.slide_id
+    tiled = float(attrs["level0_mpp"])
+    if flag is None or math.isclose(given, tiled, rel_tol=1e-3):
+        return
+    raise SettingsError(
+        f"slide {slide_id!r}: {flag} {given:g} µm/px differs from the {tiled:g} µm/px its "
+        f"coords {coords} were tiled at ({attrs.get('mpp_source', 'unknown source')}); the "
+        "coords file fixes the patches, so extract cannot apply another MPP. Fix: tile the "
+        f"slide again with `querent tile --mpp {given:g}` and extract from the new coords, or "
+        f"drop {flag} to extract the patches as tiled."
+    )
+
+
 def run_extract(args: argparse.Namespace) -> None:
-    """Extract patch features: DIR/{slide_id}.h5 per slide; the encoder is loaded once."""
+    """Extract patch features: DIR/{slide_id}.h5 per slide; the encoder is loaded once.
+
+    The patches are the ones the coords file describes, at the MPP they were tiled at: --mpp
+    and --mpp-default serve to open slides without MPP metadata, and an MPP that differs from
+    the coords' is an error (tile again with that --mpp instead).
+    """
     import torch
 
     from extractors.encoders import create_encoder
@@ -156,10 +218,7 @@ def run_extract(args: argparse.Namespace) -> None:
     )
     if args.slide_id and len(args.slides) > 1:
         raise SettingsError("--slide-id names one slide; with several, each is named by its file")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    encoder = create_encoder(args.encoder, checkpoint=args.checkpoint)
-    encoder.to(pick_device(args.device))
+    jobs = []  # every slide's inputs are checked before the encoder loads
     for path in args.slides:
         slide_id = args.slide_id or slide_id_from_path(path)
         check_slide_id(slide_id, str(path))
@@ -167,17 +226,23 @@ def run_extract(args: argparse.Namespace) -> None:
         if out.exists() and not args.overwrite:
             print(f"{out}\texists, skipped (use --overwrite to redo it)")
             continue
+        coords = _coords_for(path, slide_id, args.coords, len(args.slides))
+        slide_kwargs = {
+            "slide_id": slide_id,
+            "mpp_override": args.mpp,
+            "mpp_default": args.mpp_default,
+        }
+        check_coords_mpp(slide_kwargs, path, coords)
+        jobs.append((path, coords, out, slide_kwargs))
+    if not jobs:
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encoder = create_encoder(args.encoder, checkpoint=args.checkpoint)
+    encoder.to(pick_device(args.device))
+    for path, coords, out, slide_kwargs in jobs:
         n_patches = extract_slide(
-            path,
-            _coords_for(path, slide_id, args.coords, len(args.slides)),
-            encoder,
-            out,
-            slide_kwargs={
-                "slide_id": slide_id,
-                "mpp_override": args.mpp,
-                "mpp_default": args.mpp_default,
-            },
-            options=options,
+            path, coords, encoder, out, slide_kwargs=slide_kwargs, options=options
         )
         print(f"{out}\t{n_patches} patches")
 
@@ -207,8 +272,17 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", type=Path, help="local weight file (default: package, HF cache, hub)"
     )
     parser.add_argument("--slide-id", help="output name (one slide only; default: file name)")
-    parser.add_argument("--mpp", type=float, help="level-0 µm/px, wins over the slide metadata")
-    parser.add_argument("--mpp-default", type=float, help="µm/px for slides without MPP metadata")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        help="level-0 µm/px, wins over the slide metadata; must be the MPP the coords were "
+        "tiled at (an error otherwise: tile again with `querent tile --mpp`)",
+    )
+    parser.add_argument(
+        "--mpp-default",
+        type=float,
+        help="µm/px for slides without MPP metadata; as --mpp, must match the coords",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="patches per encoder call (default: by device)"
     )

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from types import TracebackType
+
+#: The line format of every log the workflow writes.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: One record of :data:`LOG_FORMAT` (logging's default asctime), for reading logs back.
+LOG_RECORD = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) [^\s:]+: (?P<message>.*)$"
+)
 
 
 def quiet_chatty_loggers() -> None:
@@ -22,7 +30,7 @@ def log_to_file(path: str) -> None:
     logging.basicConfig(
         filename=path,
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         force=True,
     )
     quiet_chatty_loggers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from extractors import cli as slide_cli
 from extractors.errors import QuerentError
@@ -15,6 +16,14 @@ from querent.engine import cli as model_cli
 #: Errors of the input or the machine (a missing file, a full disk); they get one line on
 #: stderr instead of a traceback. Anything else is a bug and shows its traceback.
 USER_ERRORS = (QuerentError, OSError)
+
+
+def installed_version() -> str:
+    """The version of the installed ``querent`` distribution (its metadata, not the source)."""
+    try:
+        return version("querent")
+    except PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="querent",
         description="Computational pathology pipeline: slides -> tissue -> patches -> models.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     slide_cli.add_commands(subparsers, common)
     data_cli.add_commands(subparsers, common)

@@ -23,7 +23,7 @@ from querent.plots import heatmap, qupath
 from querent.plots.confusion import confusion_figure
 from querent.plots.curves import roc_figure, training_figure
 from querent.plots.mosaic import mosaic
-from querent.plots.style import save_figure
+from querent.plots.style import save_figure, save_preview
 from querent.plots.summary import summary_figure
 from querent.plots.survival import km_figure, risk_groups
 from querent.plots.thumbnails import read_thumbnail
@@ -163,7 +163,8 @@ def draw_run_heatmaps(
     """Heatmaps and QuPath overlays of one model run's chosen slides (see :func:`heatmap_slides`).
 
     Per slide: ``{slide}_attention.png`` and, for Querent, ``{slide}_regions.png`` (how often
-    each region was picked) and ``{slide}_query.png`` (the top-attended patch and its regions);
+    each region was picked) and ``{slide}_query.png`` (the top-attended patch and its regions),
+    each with a ``_preview.jpg`` for the report;
     ``{slide}.geojson`` (tiles with measurements for QuPath); and ``index.tsv`` listing them.
     """
     out_dir = Path(out_dir)
@@ -205,6 +206,7 @@ def draw_run_heatmaps(
             measurements["region_picks"] = counts[regions].astype(float)
         for name, figure in figures.items():
             save_figure(figure, out_dir / f"{slide}_{name}", ("png",))
+            save_preview(figure, out_dir / f"{slide}_{name}_preview.jpg")
         qupath.write_overlay(
             out_dir / f"{slide}.geojson", qupath.tile_features(coords, size, measurements)
         )

@@ -64,3 +64,18 @@ def synthetic_cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     sheet = write_synthetic_cohort(out, n_cases=24, seed=0)
     return sheet, out / "features"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny demo workflow run locally to its end, once per session: (project, output).
+
+    Tests that only read its results share it (workflow, resume, SLURM); a test that changes a
+    setting runs Snakemake again in that project and says so.
+    """
+    from tests.helpers import snakemake, workflow_copy
+
+    project = workflow_copy(tmp_path_factory.mktemp("tiny"))
+    code, output = snakemake(project)
+    assert code == 0, output
+    return project, output

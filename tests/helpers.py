@@ -36,9 +36,10 @@ def snakemake(project: Path, *args: str, config: dict | None = None) -> tuple[in
     if config:
         (project / "override.yaml").write_text(yaml.safe_dump(config))
         files.append("override.yaml")
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *files]
+    # the arguments (targets included) go before --configfile, which takes every word after it
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", *files]
     result = subprocess.run(
-        [*command, *args],
+        command,
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -1,6 +1,9 @@
+import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -17,10 +20,64 @@ def test_tile_writes_coords_geojson_and_qc(cmu_slide, tmp_path, capsys):
         "cmu-1-small-region.geojson",
         "cmu-1-small-region.h5",
         "cmu-1-small-region_qc.png",
+        "cmu-1-small-region_tissue_qc.png",
     ]
     with h5py.File(tmp_path / "cmu-1-small-region.h5") as h5:
         assert h5["coords"].shape[0] > 0
     assert "patches" in capsys.readouterr().out
+
+
+def test_version_is_the_installed_distributions():
+    expected = f"querent {importlib.metadata.version('querent')}"
+    console_script = Path(sys.executable).with_name("querent")
+    for command in ([str(console_script)], [sys.executable, "-m", "querent"]):
+        result = subprocess.run([*command, "--version"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
+
+
+def test_tile_without_tissue_keeps_the_tissue_and_the_tiling_picture(cmu_slide, tmp_path):
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path / "tile")]) == 0
+    tiled = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_qc.png"))
+    segmented = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_tissue_qc.png"))
+    assert tiled is not None and segmented is not None and tiled.shape == segmented.shape
+    assert (tiled != segmented).any(axis=2).mean() > 0.01  # patches are drawn on one only
+
+    # segment, then tile with its GeoJSON, in one folder: both pictures stay, the tissue one
+    # the same as `tile` alone draws
+    out = tmp_path / "steps"
+    assert main(["segment", str(cmu_slide), "-o", str(out)]) == 0
+    geojson = str(out / "cmu-1-small-region.geojson")
+    assert main(["tile", str(cmu_slide), "-o", str(out), "--tissue", geojson]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "cmu-1-small-region_qc.png",
+        "cmu-1-small-region_tissue_qc.png",
+    ]
+    alone = cv2.imread(str(out / "cmu-1-small-region_tissue_qc.png"))
+    np.testing.assert_array_equal(segmented, alone)
+    tiled_again = cv2.imread(str(out / "cmu-1-small-region_qc.png"))
+    assert (tiled_again != alone).any(axis=2).mean() > 0.01
+
+
+def test_extract_refuses_an_mpp_the_coords_were_not_tiled_at(cmu_slide, tmp_path):
+    assert main(["tile", str(cmu_slide), "-o", str(tmp_path)]) == 0
+    coords = tmp_path / "cmu-1-small-region.h5"
+    result = subprocess.run(
+        [sys.executable, "-m", "querent", "extract", str(cmu_slide), "--coords", str(coords),
+         "--mpp", "0.25", "-o", str(tmp_path / "f")],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for part in ("'cmu-1-small-region'", "--mpp 0.25", "0.499 µm/px", "querent tile --mpp 0.25"):
+        assert part in errors[0]
+    assert not (tmp_path / "f").exists()
+    help_text = subprocess.run(
+        [sys.executable, "-m", "querent", "extract", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "tiled at" in " ".join(help_text.split())
 
 
 def test_tile_reuses_a_given_tissue_geojson(cmu_slide, tmp_path):

@@ -80,6 +80,7 @@ def test_extractors_never_import_querent():
         "extractors.demo",
         "extractors.encoders",
         "extractors.wsi.tiling",
+        "extractors.qc",
     )
     assert "extractors.wsi.reader" in loaded  # the check itself reaches the slide code
     assert _hits(loaded, ("querent",)) == []

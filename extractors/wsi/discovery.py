@@ -1,19 +1,22 @@
 """Find the slides of a cohort: a folder scanned for OpenSlide files, or a slide sheet.
 
 Problems that concern the whole input (an empty folder, duplicate or unsafe slide ids, a sheet
-pointing at missing files) are raised here, before any job runs, as
-:class:`SlideDiscoveryError` with a message that names the files and the fix.
+pointing at missing files) are raised here, before any job runs, as one
+:class:`SlideDiscoveryError` that lists every problem, one line each, with its file and fix.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from extractors.errors import SlideDiscoveryError
+from extractors.errors import SlideDiscoveryError, SlideError
 
 #: Extensions of single-file or index-file formats that OpenSlide reads.
 SLIDE_EXTENSIONS = (
@@ -56,36 +59,72 @@ def slide_id_from_path(path: str | Path) -> str:
     return Path(name).stem
 
 
+def _id_problem(slide_id: str) -> str | None:
+    """Why a slide id is unsafe as a file name and workflow wildcard, or None."""
+    if re.fullmatch(SLIDE_ID_PATTERN, slide_id):
+        return None
+    return (
+        f"slide id {slide_id!r} has characters that are unsafe in paths (allowed: letters, "
+        "digits, '.', '_', '-'; first a letter or digit). Fix: rename the file, or list it in a "
+        "slide sheet with a 'slide_id' column."
+    )
+
+
 def check_slide_id(slide_id: str, source: str) -> None:
     """Raise if a slide id is not safe as a file name and workflow wildcard."""
-    if not re.fullmatch(SLIDE_ID_PATTERN, slide_id):
-        raise SlideDiscoveryError(
-            f"{source}: slide id {slide_id!r} has characters that are unsafe in paths (allowed: "
-            "letters, digits, '.', '_', '-'; first a letter or digit). Fix: rename the file, or "
-            "list it in a slide sheet with a 'slide_id' column."
-        )
+    problem = _id_problem(slide_id)
+    if problem:
+        raise SlideDiscoveryError(f"{source}: {problem}")
 
 
-def _check_unique(entries: list[SlideEntry], where: str) -> None:
+def _raise_all(where: str, problems: list[str]) -> None:
+    """Raise one error that lists every problem, one line each (nothing if there is none)."""
+    if len(problems) == 1:
+        raise SlideDiscoveryError(f"{where}: {problems[0]}")
+    if problems:
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise SlideDiscoveryError(f"{where}: {len(problems)} problems, fix them all:\n{lines}")
+
+
+def _duplicates(entries: list[SlideEntry]) -> list[str]:
     by_id: dict[str, list[Path]] = {}
     for entry in entries:
         by_id.setdefault(entry.slide_id, []).append(entry.path)
-    duplicates = {sid: paths for sid, paths in by_id.items() if len(paths) > 1}
-    if duplicates:
-        listing = "; ".join(
-            f"{sid}: {', '.join(map(str, paths))}" for sid, paths in sorted(duplicates.items())
-        )
-        raise SlideDiscoveryError(
-            f"{where}: duplicate slide ids ({listing}). Fix: rename the files, or use a slide "
-            "sheet with a unique 'slide_id' per row."
-        )
+    return [
+        f"duplicate slide ids ({sid}: {', '.join(map(str, paths))}). Fix: rename the files, or "
+        "use a slide sheet with a unique 'slide_id' per row."
+        for sid, paths in sorted(by_id.items())
+        if len(paths) > 1
+    ]
+
+
+def _walk_slides(root: Path) -> list[Path]:
+    """Slide files under ``root``, following symlinked folders once each (loops are cut)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:  # a link back up or a second link to a folder
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        subfolders.sort()
+        for name in files:
+            path = Path(folder, name)
+            if (
+                not name.startswith(".")
+                and name.lower().endswith(SLIDE_EXTENSIONS)
+                and path.is_file()
+            ):
+                found.append(path)
+    return sorted(found)
 
 
 def discover_slides(folder: str | Path) -> list[SlideEntry]:
-    """All slides under a folder (recursively), sorted by slide id.
+    """All slides under a folder (recursively, symlinked files and folders too), by slide id.
 
     Raises:
-        SlideDiscoveryError: Missing folder, no slide, unsafe or duplicate slide ids.
+        SlideDiscoveryError: Missing folder, no slide, unsafe or duplicate slide ids (every
+            problem of the folder, one line each).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -93,11 +132,7 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
             f"slide folder {root} does not exist; set slides.dir in config.yaml to the folder "
             "that holds your slides."
         )
-    paths = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SLIDE_EXTENSIONS)
-    )
+    paths = _walk_slides(root)
     if not paths:
         raise SlideDiscoveryError(
             f"slide folder {root} holds no slide (looked for {', '.join(SLIDE_EXTENSIONS)}, "
@@ -105,9 +140,10 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
             "slide sheet (slides.sheet)."
         )
     entries = [SlideEntry(slide_id_from_path(p), p) for p in paths]
-    for entry in entries:
-        check_slide_id(entry.slide_id, str(entry.path))
-    _check_unique(entries, f"slide folder {root}")
+    problems = [
+        f"{entry.path}: {problem}" for entry in entries if (problem := _id_problem(entry.slide_id))
+    ]
+    _raise_all(f"slide folder {root}", problems + _duplicates(entries))
     return sorted(entries, key=lambda e: e.slide_id)
 
 
@@ -119,14 +155,23 @@ def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
     microns-per-pixel override; empty cells mean "use the slide's metadata").
 
     Raises:
-        SlideDiscoveryError: Unreadable sheet, missing column or file, bad id or mpp.
+        SlideDiscoveryError: Missing or unreadable sheet, missing column; every bad row (missing
+            file, bad id or mpp) and duplicate id, one line each.
     """
     sheet = Path(sheet)
+    if not sheet.is_file():
+        raise SlideDiscoveryError(
+            f"slide sheet {sheet} does not exist; set slides.sheet in config.yaml to your CSV "
+            "(or TSV) with a 'path' column."
+        )
     try:
         separator = "\t" if sheet.suffix.lower() in (".tsv", ".tab") else ","
         table = pd.read_csv(sheet, sep=separator, dtype={"slide_id": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise SlideDiscoveryError(f"slide sheet {sheet}: cannot read it ({err})") from err
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise SlideDiscoveryError(
+            f"slide sheet {sheet}: cannot read it ({err}). Fix: save it as UTF-8 text with a "
+            "header line (path[, slide_id, mpp])."
+        ) from err
     if "path" not in table.columns:
         raise SlideDiscoveryError(
             f"slide sheet {sheet}: no 'path' column (columns: {list(table.columns)}); add one "
@@ -134,23 +179,93 @@ def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
         )
     if table.empty:
         raise SlideDiscoveryError(f"slide sheet {sheet} lists no slide; add one row per slide.")
-    entries = []
+    entries, problems = [], []
     for row_number, row in enumerate(table.to_dict("records"), start=2):
-        where = f"slide sheet {sheet}, line {row_number}"
-        path = Path(str(row["path"]))
+        where = f"line {row_number}"
+        if pd.isna(row["path"]) or not str(row["path"]).strip():
+            problems.append(f"{where}: empty path. Fix: fill in the slide file or drop the row.")
+            continue
+        path = Path(str(row["path"]).strip())
         path = path if path.is_absolute() else sheet.parent / path
         slide_id = row.get("slide_id")
-        slide_id = slide_id_from_path(path) if pd.isna(slide_id) else str(slide_id)
-        check_slide_id(slide_id, where)
+        slide_id = slide_id_from_path(path) if pd.isna(slide_id) else str(slide_id).strip()
+        id_problem = _id_problem(slide_id)
+        if id_problem:
+            problems.append(f"{where}: {id_problem}")
         if not path.is_file():
-            raise SlideDiscoveryError(f"{where}: slide {slide_id!r}: file {path} not found.")
-        mpp = row.get("mpp")
-        mpp = None if mpp is None or pd.isna(mpp) else mpp
-        if mpp is not None and not (isinstance(mpp, (int, float)) and mpp > 0):
-            raise SlideDiscoveryError(
-                f"{where}: slide {slide_id!r}: mpp {mpp!r} is not a positive number of microns "
-                "per pixel (e.g. 0.25 for 40x, 0.5 for 20x); fix it or leave it empty."
+            problems.append(
+                f"{where}: slide {slide_id!r}: file {path} not found. Fix: correct the path "
+                "(relative paths start at the sheet's folder) or drop the row."
             )
+        cell = row.get("mpp")
+        mpp = None if cell is None or pd.isna(cell) or not str(cell).strip() else cell
+        if mpp is not None:
+            mpp = pd.to_numeric(str(mpp).strip(), errors="coerce")
+            if not mpp > 0:  # NaN (not a number) fails too
+                problems.append(
+                    f"{where}: slide {slide_id!r}: mpp {cell!r} is not a positive number of "
+                    "microns per pixel (e.g. 0.25 for 40x, 0.5 for 20x); fix it or leave it empty."
+                )
+                mpp = None
         entries.append(SlideEntry(slide_id, path, None if mpp is None else float(mpp)))
-    _check_unique(entries, f"slide sheet {sheet}")
+    _raise_all(f"slide sheet {sheet}", problems + _duplicates(entries))
     return entries
+
+
+def metadata_mpps(
+    slides: dict[str, Path], cache: str | Path | None = None
+) -> dict[str, float | None]:
+    """Level-0 microns per pixel each slide's own metadata gives, read without decoding pixels.
+
+    OpenSlide reads only the slide's header (milliseconds a slide); with ``cache`` (a JSON file)
+    a slide is read again only when its size or modification time changed, so a 500-slide
+    cohort costs a few file stats per run. A slide that does not exist or that OpenSlide cannot
+    open is left out (its own jobs report why); one without usable MPP maps to None.
+
+    Args:
+        slides: Slide id -> slide file.
+        cache: JSON file that keeps the answers between runs; None: no cache.
+    """
+    from extractors.wsi.reader import resolve_mpp  # the reader imports this module
+
+    stored = {}
+    cache = Path(cache) if cache else None
+    if cache is not None and cache.is_file():
+        try:
+            stored = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            stored = {}
+    found: dict[str, float | None] = {}
+    changed = False
+    for slide_id, path in slides.items():
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        key = str(path.resolve())
+        stamp = [info.st_size, info.st_mtime_ns]
+        record = stored.get(key)
+        if record is None or record[:2] != stamp:
+            import openslide
+
+            try:
+                with openslide.OpenSlide(str(path)) as osr:
+                    properties = dict(osr.properties)
+            except (openslide.OpenSlideError, OSError, ValueError):
+                record = [*stamp, False, None]
+            else:
+                try:
+                    mpp, _ = resolve_mpp(properties, name=slide_id)
+                except SlideError:
+                    mpp = None
+                record = [*stamp, True, mpp]
+            stored[key] = record
+            changed = True
+        if record[2]:
+            found[slide_id] = record[3]
+    if cache is not None and changed:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stored))
+        os.replace(tmp, cache)
+    return found

@@ -21,7 +21,7 @@ import numpy as np
 from extractors import io
 from extractors.errors import SettingsError
 from extractors.wsi.reader import Slide
-from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_png
+from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_png, write_preview
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,8 @@ def tile_slide(
     coords_path: str | Path,
     qc_path: str | Path,
     thumbnail: np.ndarray | None = None,
+    *,
+    preview_path: str | Path | None = None,
 ) -> tuple[np.ndarray, Lattice]:
     """Tile one slide's tissue; write its coords file and a QC picture with the patches.
 
@@ -239,6 +241,8 @@ def tile_slide(
         coords_path: Output coords HDF5.
         qc_path: Output QC PNG (tissue outlines, holes and kept patches).
         thumbnail: A whole-slide thumbnail to draw on; read at QC resolution if None.
+        preview_path: Output JPEG of the same picture at report size
+            (:func:`~extractors.wsi.tissue.write_preview`), or None for none.
 
     Returns:
         The kept coords and the lattice.
@@ -261,4 +265,6 @@ def tile_slide(
         thumbnail = slide.read_at_mpp(qc_mpp(slide))
     picture = draw_qc(thumbnail, slide.dimensions, polygons, coords, lattice.patch_size_level0)
     write_png(qc_path, picture)
+    if preview_path is not None:
+        write_preview(preview_path, picture)
     return coords, lattice

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 #: The QC picture's longest side in pixels (the thumbnail is read fine enough for it).
 QC_MAX_SIDE = 2048
+#: Longest side of a QC picture's report preview: a JPEG of ~100-200 kB instead of a 2-3 MB
+#: PNG, so an HTML report (which embeds every picture) stays small.
+PREVIEW_MAX_SIDE = 1024
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 200, 0]}
 
 
@@ -290,9 +293,9 @@ def read_geojson(path: str | Path) -> list[TissuePolygon]:
     return polygons
 
 
-def fit_qc_size(thumbnail: np.ndarray) -> np.ndarray:
-    """The thumbnail shrunk to at most :data:`QC_MAX_SIDE` pixels a side (as is if smaller)."""
-    factor = min(1.0, QC_MAX_SIDE / max(thumbnail.shape[:2]))
+def fit_qc_size(thumbnail: np.ndarray, max_side: int = QC_MAX_SIDE) -> np.ndarray:
+    """The thumbnail shrunk to at most ``max_side`` pixels a side (as is if smaller)."""
+    factor = min(1.0, max_side / max(thumbnail.shape[:2]))
     if factor == 1.0:
         return thumbnail
     size = (round(thumbnail.shape[1] * factor), round(thumbnail.shape[0] * factor))
@@ -337,6 +340,21 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(encoded.tobytes())
 
 
+def write_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 90) -> None:
+    """Write an RGB picture as JPEG (atomic)."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"{path}: JPEG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+def write_preview(path: str | Path, picture: np.ndarray) -> None:
+    """Write the report preview of a QC picture: JPEG, :data:`PREVIEW_MAX_SIDE` a side at most."""
+    write_jpeg(path, fit_qc_size(picture, PREVIEW_MAX_SIDE), quality=85)
+
+
 def write_thumbnail(
     path: str | Path, thumbnail: np.ndarray, level0_size: tuple[int, int], mpp: float
 ) -> None:
@@ -348,11 +366,6 @@ def write_thumbnail(
     (:func:`querent.plots.thumbnails.read_thumbnail` reads both).
     """
     thumbnail = fit_qc_size(thumbnail)
-    ok, encoded = cv2.imencode(
-        ".jpg", cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
-    )
-    if not ok:
-        raise ValueError(f"{path}: JPEG encoding failed")
     scale = {
         "downsample": [level0_size[0] / thumbnail.shape[1], level0_size[1] / thumbnail.shape[0]],
         "level0_width": level0_size[0],
@@ -361,8 +374,7 @@ def write_thumbnail(
     }
     with atomic_path(Path(path).with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(scale, indent=2) + "\n")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
+    write_jpeg(path, thumbnail)
 
 
 def segment_slide(

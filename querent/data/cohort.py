@@ -3,7 +3,8 @@
 A classification sheet holds ``slide_id, case_id, <label>``; a survival sheet holds
 ``slide_id, case_id, <time>, <event>`` (column names from :class:`CohortSettings`). Every
 problem a person can fix in the sheet raises :class:`~extractors.errors.CohortError` naming the
-sheet, the lines (header = line 1) or ids, and the fix.
+sheet, the lines (header = line 1) or ids, and the fix; every problem of a sheet is reported at
+once, one line each.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ TASKS = ("classification", "survival")
 SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 #: Cell values read as "no value" in the label, time and event columns.
 MISSING = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL"})
-#: A checked table and its class order.
-_Checked = tuple[pd.DataFrame, tuple[str, ...]]
 _EVENTS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 
 
@@ -190,23 +189,39 @@ def _fail(source: object, problem: str, fix: str) -> CohortError:
     return CohortError(f"cohort sheet {source}: {problem}. Fix: {fix}")
 
 
-def _check_ids(table: pd.DataFrame, source: Path) -> None:
+#: One problem of a sheet: (what is wrong, how to fix it).
+_Problem = tuple[str, str]
+
+
+def _fail_all(source: object, problems: list[_Problem]) -> CohortError:
+    """One error listing every problem of the sheet, one line each."""
+    if len(problems) == 1:
+        return _fail(source, *problems[0])
+    lines = "\n".join(f"  {problem}. Fix: {fix}" for problem, fix in problems)
+    return CohortError(f"cohort sheet {source}: {len(problems)} problems, fix them all:\n{lines}")
+
+
+def _check_ids(table: pd.DataFrame) -> list[_Problem]:
+    problems = []
     for column in ("slide_id", "case_id"):
         empty = table.index[table[column] == ""]
         if len(empty):
-            raise _fail(source, f"empty {column} at {_lines(empty)}", f"fill in {column}")
-    unsafe = table.loc[~table["slide_id"].str.fullmatch(SLIDE_ID_PATTERN)]
+            problems.append((f"empty {column} at {_lines(empty)}", f"fill in {column}"))
+    named = table.loc[table["slide_id"] != ""]
+    unsafe = named.loc[~named["slide_id"].str.fullmatch(SLIDE_ID_PATTERN)]
     if len(unsafe):
         bad = (f"{s!r} (line {i + 2})" for i, s in unsafe["slide_id"].items())
-        raise _fail(
-            source,
-            f"slide ids unsafe in file names: {format_items(bad)}",
-            "use letters, digits, '.', '_' and '-' only, first a letter or digit",
+        problems.append(
+            (
+                f"slide ids unsafe in file names: {format_items(bad)}",
+                "use letters, digits, '.', '_' and '-' only, first a letter or digit",
+            )
         )
-    doubled = table.loc[table["slide_id"].duplicated(keep=False)].groupby("slide_id").groups
+    doubled = named.loc[named["slide_id"].duplicated(keep=False)].groupby("slide_id").groups
     if doubled:
         bad = (f"{s} ({_lines(rows)})" for s, rows in doubled.items())
-        raise _fail(source, f"duplicate slide ids: {format_items(bad)}", "list each slide once")
+        problems.append((f"duplicate slide ids: {format_items(bad)}", "list each slide once"))
+    return problems
 
 
 def _inconsistent_cases(table: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -222,72 +237,91 @@ def _inconsistent_cases(table: pd.DataFrame, columns: list[str]) -> list[str]:
     return out
 
 
-def _classification(table: pd.DataFrame, settings: CohortSettings, source: Path) -> _Checked:
-    missing = table.index[table["label"].isin(MISSING)]
-    if len(missing):
-        raise _fail(source, f"missing labels at {_lines(missing)}", "fill in or drop those rows")
+def _classification(
+    table: pd.DataFrame, settings: CohortSettings
+) -> tuple[list[_Problem], tuple[str, ...]]:
+    problems = []
+    missing = table["label"].isin(MISSING)
+    if missing.any():
+        problems.append(
+            (f"missing labels at {_lines(table.index[missing])}", "fill in or drop those rows")
+        )
+    labelled = table.loc[~missing]
     if settings.classes is not None:
-        foreign = table.loc[~table["label"].isin(settings.classes)].groupby("label").groups
+        foreign = labelled.loc[~labelled["label"].isin(settings.classes)].groupby("label").groups
         if foreign:
             bad = (f"{label!r} ({_lines(rows)})" for label, rows in foreign.items())
-            raise _fail(
-                source,
-                f"labels not in cohort.classes ({', '.join(settings.classes)}): "
-                f"{format_items(bad)}",
-                "add them to cohort.classes or correct the sheet",
+            problems.append(
+                (
+                    f"labels not in cohort.classes ({', '.join(settings.classes)}): "
+                    f"{format_items(bad)}",
+                    "add them to cohort.classes or correct the sheet",
+                )
             )
-    present = sorted(table["label"].unique())
+    present = sorted(labelled["label"].unique())
     if len(present) < 2:
-        raise _fail(
-            source,
-            f"only one class ({present[0]!r}) in column {settings.label!r}",
-            "a classifier needs two or more classes; check that cohort.label names the label",
+        problems.append(
+            (
+                f"only one class ({present[0]!r}) in column {settings.label!r}"
+                if present
+                else f"no label in column {settings.label!r}",
+                "a classifier needs two or more classes; check that cohort.label names the label",
+            )
         )
-    conflicts = _inconsistent_cases(table, ["label"])
+    conflicts = _inconsistent_cases(labelled, ["label"])
     if conflicts:
-        raise _fail(
-            source,
-            f"cases with different labels on their slides: {format_items(conflicts)}",
-            "give every slide of a case the case's label",
+        problems.append(
+            (
+                f"cases with different labels on their slides: {format_items(conflicts)}",
+                "give every slide of a case the case's label",
+            )
         )
-    return table, settings.classes if settings.classes is not None else tuple(present)
+    return problems, settings.classes if settings.classes is not None else tuple(present)
 
 
-def _survival(table: pd.DataFrame, settings: CohortSettings, source: Path) -> _Checked:
+def _survival(table: pd.DataFrame, settings: CohortSettings) -> tuple[list[_Problem], pd.DataFrame]:
+    problems = []
     text = table["time"]
     time = pd.to_numeric(text.where(~text.isin(MISSING)), errors="coerce")
     bad_time = ~np.isfinite(time) | (time <= 0)
     if bad_time.any():
         bad = (f"line {i + 2} ({v!r})" for i, v in text[bad_time].items())
-        raise _fail(
-            source,
-            f"follow-up times in column {settings.time!r} must be numbers > 0: {format_items(bad)}",
-            "fill in positive times (any unit) or drop those rows",
+        problems.append(
+            (
+                f"follow-up times in column {settings.time!r} must be numbers > 0: "
+                f"{format_items(bad)}",
+                "fill in positive times (any unit) or drop those rows",
+            )
         )
     event = table["event"].str.lower().map(_EVENTS)
     if event.isna().any():
         bad = (f"line {i + 2} ({v!r})" for i, v in table["event"][event.isna()].items())
-        raise _fail(
-            source,
-            f"events in column {settings.event!r} must be 1 (event) or 0 (censored): "
-            f"{format_items(bad)}",
-            "code events as 1/0 (or true/false)",
+        problems.append(
+            (
+                f"events in column {settings.event!r} must be 1 (event) or 0 (censored): "
+                f"{format_items(bad)}",
+                "code events as 1/0 (or true/false)",
+            )
         )
-    table = table.assign(time=time.astype(np.float64), event=event.astype(np.int64))
-    conflicts = _inconsistent_cases(table, ["time", "event"])
+    valid = ~bad_time & event.notna()
+    table = table.assign(time=time, event=event)
+    checked = table.loc[valid].astype({"time": np.float64, "event": np.int64})
+    conflicts = _inconsistent_cases(checked, ["time", "event"])
     if conflicts:
-        raise _fail(
-            source,
-            f"cases with different time or event on their slides: {format_items(conflicts)}",
-            "give every slide of a case the case's follow-up",
+        problems.append(
+            (
+                f"cases with different time or event on their slides: {format_items(conflicts)}",
+                "give every slide of a case the case's follow-up",
+            )
         )
-    if not table["event"].any():
-        raise _fail(
-            source,
-            f"no event (every value in column {settings.event!r} is 0)",
-            "survival metrics need events; code events as 1 and censored as 0",
+    if event.notna().any() and not (event == 1).any():
+        problems.append(
+            (
+                f"no event (every value in column {settings.event!r} is 0)",
+                "survival metrics need events; code events as 1 and censored as 0",
+            )
         )
-    return table, ()
+    return problems, checked
 
 
 def read_cohort(path: str | os.PathLike, settings: CohortSettings) -> Cohort:
@@ -329,9 +363,14 @@ def cohort_from_table(raw: pd.DataFrame, settings: CohortSettings, source: Path)
     if raw.empty:
         raise _fail(source, "no slides (only a header line)", "add one row per slide")
     table = pd.DataFrame({name: raw[column] for name, column in wanted.items()})
-    _check_ids(table, source)
-    check = _classification if settings.task == "classification" else _survival
-    table, classes = check(table, settings, source)
+    problems = _check_ids(table)
+    if settings.task == "classification":
+        target_problems, classes = _classification(table, settings)
+    else:
+        (target_problems, table), classes = _survival(table, settings), ()
+    problems += target_problems
+    if problems:
+        raise _fail_all(source, problems)
     table = table.sort_values("slide_id").reset_index(drop=True)
     logger.info("%s: %d slides of %d cases", source, len(table), table["case_id"].nunique())
     return Cohort(settings.task, table, tuple(classes), str(source))

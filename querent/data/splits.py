@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from extractors.errors import CohortError, SettingsError
 from extractors.io import atomic_path
@@ -114,6 +113,8 @@ def make_splits(cohort: Cohort, settings: SplitSettings) -> pd.DataFrame:
         CohortError: A class (survival: the events) has fewer cases than folds, or the test set
             is too small to hold every stratum; the message names them and the fix.
     """
+    from sklearn.model_selection import StratifiedKFold, train_test_split  # slow to import
+
     k = settings.folds
     strata = _case_strata(cohort, k)
     fold = pd.Series("", index=strata.index, dtype=object)
@@ -142,6 +143,17 @@ def make_splits(cohort: Cohort, settings: SplitSettings) -> pd.DataFrame:
     counts = splits.drop_duplicates("case_id")["fold"].value_counts().sort_index()
     logger.info("splits: %s cases per fold", counts.to_dict())
     return splits.sort_values("slide_id").reset_index(drop=True)[COLUMNS]
+
+
+def check_splits(cohort: Cohort, settings: SplitSettings) -> None:
+    """Raise what :func:`make_splits` would, without scikit-learn unless a test set is drawn.
+
+    The workflow calls this while it plans, where importing scikit-learn would cost seconds.
+    """
+    if settings.test_fraction > 0:  # what is left for the folds depends on the test draw
+        make_splits(cohort, settings)
+    else:
+        _case_strata(cohort, settings.folds)
 
 
 def _slides_of(cohort: Cohort, cases: pd.Index) -> list[str]:
@@ -264,6 +276,8 @@ def fold_slides(
             f"{cohort.source}: the folds other than {fold} hold {len(strata)} case(s), too few "
             "to carve out validation cases. Fix: more cases per fold, or fewer folds."
         )
+    from sklearn.model_selection import train_test_split  # slow to import
+
     n_val = math.ceil(val_fraction * len(strata))
     n_strata = strata.nunique()
     counts = strata.value_counts()

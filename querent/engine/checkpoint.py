@@ -5,7 +5,8 @@ Both load with ``torch.load(path, weights_only=True)``: state dicts, tensors and
 
 ``model.pt``: ``state_dict`` (the selected epoch's weights), ``run`` (arch and model settings,
 training settings), ``task`` (fitted task state: class order or time-bin edges), ``encoder``,
-``in_dim``, ``fold``, ``epoch``, ``metric``, ``querent_version``, ``git_revision``.
+``in_dim``, ``fold``, ``epoch``, ``metric``, ``querent_version``, ``git_revision``,
+``provenance`` (:func:`querent.engine.provenance.provenance`).
 
 ``resume.pt`` (beside it, deleted when training ends): the last completed epoch's model,
 optimizer, scheduler and RNG states, the best epoch so far, the history and the patience count.
@@ -13,9 +14,7 @@ optimizer, scheduler and RNG states, the best epoch so far, the history and the 
 
 from __future__ import annotations
 
-import importlib.metadata
 import random
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +22,6 @@ import torch
 
 from extractors.errors import FileFormatError
 from extractors.io import atomic_path
-
-
-def querent_version() -> str:
-    """The installed querent version."""
-    try:
-        return importlib.metadata.version("querent")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def git_revision() -> str:
-    """The git commit of the querent source, or "" outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def save(payload: dict, path: str | Path) -> None:

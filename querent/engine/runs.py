@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from extractors.errors import SettingsError
-from querent.data.cohort import Cohort
-from querent.engine.tasks import Task, create_task
-from querent.models import list_models
-from querent.models.registry import model_class
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it, never at DAG time
+    from querent.data.cohort import Cohort
+    from querent.engine.tasks import Task
 
 #: Run names become folder names and wildcards.
 RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -86,6 +87,8 @@ class TrainSettings:
 
     def task(self, cohort: Cohort) -> Task:
         """The task these settings train on ``cohort``."""
+        from querent.engine.tasks import create_task
+
         if cohort.task == "classification":
             return create_task(
                 "classification", classes=cohort.classes, class_weights=self.class_weights
@@ -147,13 +150,31 @@ class ModelRun:
         }
 
 
-def model_run(name: str, spec: Mapping[str, object], training: Mapping[str, object]) -> ModelRun:
+def model_arguments() -> dict[str, list[str]]:
+    """Every registered model and the arguments a config may give it (imports the models)."""
+    from querent.models import list_models
+    from querent.models.registry import model_class
+
+    return {
+        arch: sorted(set(inspect.signature(model_class(arch)).parameters) - _DATA_ARGUMENTS)
+        for arch in list_models()
+    }
+
+
+def model_run(
+    name: str,
+    spec: Mapping[str, object],
+    training: Mapping[str, object],
+    arguments: Mapping[str, Sequence[str]] | None = None,
+) -> ModelRun:
     """Build and check one run of the config.
 
     Args:
         name: Run name.
         spec: ``{arch: ..., <model arguments>..., training: {<overrides>}}``.
         training: The config's ``training`` section.
+        arguments: :func:`model_arguments`, when the caller has it without importing the models
+            (the workflow at DAG time); None: ask the registry.
 
     Raises:
         SettingsError: Bad name, unknown arch (lists the valid ones), unknown model argument
@@ -164,13 +185,13 @@ def model_run(name: str, spec: Mapping[str, object], training: Mapping[str, obje
         raise SettingsError(f"{where}: run names may hold letters, digits, '_', '.' and '-' only")
     spec = dict(spec)
     arch = spec.pop("arch", None)
-    if arch not in list_models():
+    arguments = model_arguments() if arguments is None else arguments
+    if arch not in arguments:
         raise SettingsError(
-            f"{where}: arch {arch!r} is not a model; choose one of: {', '.join(list_models())}"
+            f"{where}: arch {arch!r} is not a model; choose one of: {', '.join(sorted(arguments))}"
         )
     overrides = spec.pop("training", None) or {}
-    parameters = inspect.signature(model_class(arch)).parameters
-    valid = sorted(set(parameters) - _DATA_ARGUMENTS)
+    valid = list(arguments[arch])
     unknown = sorted(set(spec) - set(valid))
     if unknown:
         raise SettingsError(
@@ -185,9 +206,12 @@ def model_run(name: str, spec: Mapping[str, object], training: Mapping[str, obje
 
 
 def model_runs(
-    models: Mapping[str, Mapping[str, object]], training: Mapping[str, object]
+    models: Mapping[str, Mapping[str, object]],
+    training: Mapping[str, object],
+    arguments: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, ModelRun]:
-    """Every run of the config's ``models`` section, checked."""
+    """Every run of the config's ``models`` section, checked (``arguments``: as model_run)."""
     if not models:
         raise SettingsError("models: name at least one model run, e.g. {abmil: {arch: abmil}}")
-    return {name: model_run(name, spec, training) for name, spec in models.items()}
+    arguments = model_arguments() if arguments is None else arguments
+    return {name: model_run(name, spec, training, arguments) for name, spec in models.items()}

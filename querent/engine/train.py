@@ -34,6 +34,7 @@ from querent.data.bags import (
 from querent.data.cohort import Cohort
 from querent.engine import checkpoint
 from querent.engine.metrics import case_level, compute_metrics
+from querent.engine.provenance import provenance
 from querent.engine.runs import ModelRun, TrainSettings
 from querent.engine.tasks import Task, predictions_table
 from querent.models import MILModel, create_model
@@ -149,6 +150,7 @@ def train_fold(
     device: str | None = None,
     workers: int = 1,
     in_memory: bool | None = None,
+    config: Mapping | None = None,
 ) -> Path:
     """Train ``run`` on ``train_ids``, select its epoch on ``val_ids``, write ``model.pt``.
 
@@ -168,6 +170,7 @@ def train_fold(
         workers: Processes that read bags ahead of the model when streaming.
         in_memory: Hold every bag after its first read (no workers then); None: when the
             cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
+        config: The workflow's config, recorded in the checkpoint's provenance.
 
     Returns:
         The path of ``model.pt``.
@@ -277,6 +280,7 @@ def train_fold(
             epoch, train_loss, val_loss, task.main_metric, val_metric,
         )  # fmt: skip
     best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
+    record = provenance(config, cohort.source)
     model_path = out_dir / "model.pt"
     checkpoint.save(
         {
@@ -289,8 +293,9 @@ def train_fold(
             "fold": fold,
             "epoch": best_epoch,
             "metric": history[best_epoch][f"val_{task.main_metric}"] if history else math.nan,
-            "querent_version": checkpoint.querent_version(),
-            "git_revision": checkpoint.git_revision(),
+            "querent_version": record["packages"]["querent"],
+            "git_revision": record["git_revision"],
+            "provenance": record,
         },
         model_path,
     )

@@ -38,6 +38,8 @@ OKABE_ITO: tuple[str, ...] = (
 
 #: Resolution of PNG files.
 PNG_DPI = 150
+#: Resolution of the JPEG previews that the HTML report embeds instead of the full PNGs.
+PREVIEW_DPI = 72
 
 #: The rc settings every figure is drawn and saved under.
 RC: dict[str, object] = {
@@ -127,3 +129,15 @@ def save_figure(
                 figure.savefig(tmp, format=fmt, dpi=PNG_DPI)
             written.append(target)
     return written
+
+
+def save_preview(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write a small JPEG copy of ``figure`` (at :data:`PREVIEW_DPI`) to ``path``, atomically.
+
+    The HTML report embeds every picture it shows; previews keep it light while the full-size
+    PNGs stay beside them.
+    """
+    path = Path(path)
+    with plot_style(), atomic_path(path) as tmp:
+        figure.savefig(tmp, format="jpeg", dpi=PREVIEW_DPI, pil_kwargs={"quality": 85})
+    return path

@@ -49,3 +49,21 @@ def test_the_default_model_runs_are_valid():
     assert sorted(runs) == ["abmil", "querent"]
     assert runs["querent"].model == {"region_size": 4, "top_k": 8}
     assert SCHEMA["properties"]["models"]["default"] == CONFIG["models"]
+
+
+@pytest.mark.parametrize("section", ["demo", "slides", "tissue", "features", "grids"])
+def test_config_yaml_and_schema_agree_on_the_other_sections(section):
+    properties = SCHEMA["properties"][section]["properties"]
+    assert set(properties) == set(CONFIG[section])
+    for name, value in CONFIG[section].items():
+        node = properties[name]
+        assert node["default"] == value, name
+        if "$ref" in node:
+            node = SCHEMA["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+        assert node["description"], name
+
+
+def test_the_shipped_config_leaves_the_demo_to_auto():
+    """A fresh clone runs the demo; setting slides.dir alone runs your slides instead."""
+    assert CONFIG["demo"]["enabled"] == "auto"
+    assert SCHEMA["properties"]["demo"]["properties"]["enabled"]["enum"] == ["auto", True, False]

@@ -5,6 +5,7 @@ with ``--config``, as a user would.
 """
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -68,15 +69,6 @@ def test_config_errors_stop_before_any_job(tmp_path, config, named):
     assert not (project / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny demo run to its end: (project folder, Snakemake's output)."""
-    project = workflow_copy(tmp_path_factory.mktemp("tiny"))
-    code, output = snakemake(project)
-    assert code == 0, output
-    return project, output
-
-
 def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     project, output = tiny_run
     slides = [f"demo_00{i}" for i in range(4)]
@@ -129,7 +121,8 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     code, output = snakemake(project, "-n", config={"models": {"querent": {"top_k": 3}}})
     assert job_counts(output) == {
         "train_model": 2, "evaluate_model": 2, "plot_run": 1, "draw_heatmaps": 1,
-        "top_patches": 1, "aggregate_metrics": 1, "plot_summary": 1, "default": 1,
+        "top_patches": 1, "aggregate_metrics": 1, "plot_summary": 1, "record_provenance": 1,
+        "default": 1,
     }, output  # fmt: skip
     plan = output.split("Job stats")[-1]
     assert "models/abmil" not in plan and "heatmaps/abmil" not in plan
@@ -147,7 +140,7 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     np.testing.assert_array_equal(clam.numpy(), features)
 
     # a tiling setting re-runs tiling and everything downstream, not segmentation
-    counts = job_counts(snakemake(project, "-n", config={"tiling": {"patch_size": 128}})[1])
+    counts = job_counts(snakemake(project, "-n", config={"tiling": {"patch_size": 224}})[1])
     assert counts["tile_slide"] == counts["extract_features"] == 4
     assert counts["train_model"] == 4 and "segment_tissue" not in counts
 
@@ -188,9 +181,13 @@ def test_report_renders_in_a_browser(tiny_run, tmp_path):
     assert "Results" in dom and "Tissue and patches" in dom
     tables = _embedded(dom, "summary.html")
     assert tables and b"<table" in tables[0] and b"querent" in tables[0] and b"abmil" in tables[0]
-    heatmaps = _embedded(dom, "_attention.png")
-    assert heatmaps and all(png.startswith(b"\x89PNG") for png in heatmaps)
+    heatmaps = _embedded(dom, "_attention_preview.jpg")
+    assert heatmaps and all(jpg.startswith(b"\xff\xd8") for jpg in heatmaps)
+    assert not _embedded(dom, "_attention.png")  # full size stays in results/heatmaps/
     assert _embedded(dom, "roc.png") and _embedded(dom, "_top_patches.jpg")
+    previews = _embedded(dom, "_qc_preview.jpg")
+    assert len(previews) == 4 and all(jpg.startswith(b"\xff\xd8") for jpg in previews)
+    assert not _embedded(dom, "_qc.png")  # full-size QC pictures stay in results/coords/
 
 
 def test_own_feature_files_train_without_slides(tmp_path, synthetic_cohort):
@@ -268,3 +265,33 @@ def test_slide_folder_problems_stop_before_any_job(tmp_path, layout, message):
     code, output = snakemake(project, "-n", config=config)
     assert code != 0
     assert message in output
+
+
+@pytest.mark.parametrize(
+    ("target", "planned", "not_planned"),
+    [
+        ("features_only", {"extract_features": 4, "build_region_grid": 4}, ["train_model"]),
+        ("train_only", {"train_model": 4, "record_provenance": 1}, ["draw_heatmaps"]),
+        ("report_only", {"draw_heatmaps": 2, "qc_summary": 1}, ["record_provenance"]),
+    ],
+)
+def test_target_rules_plan_their_part_only(tmp_path, target, planned, not_planned):
+    code, output = snakemake(workflow_copy(tmp_path), "-n", target)
+    assert code == 0, output
+    counts = job_counts(output)
+    assert {rule: counts.get(rule) for rule in planned} == planned
+    assert not set(not_planned) & set(counts)
+
+
+def test_provenance_is_recorded_with_every_model_and_for_the_report(tiny_run):
+    project, _ = tiny_run
+    table = pd.read_csv(project / "results/provenance.tsv", sep="\t", dtype=str)
+    record = dict(zip(table["key"], table["value"], strict=True))
+    sheet = (project / "resources/demo/cohort.csv").read_bytes()
+    assert record["cohort_sheet_sha256"] == hashlib.sha256(sheet).hexdigest()
+    assert record["config.training.epochs"] == "2" and record["packages.torch"]
+    ckpt = torch.load(
+        project / "results/models/querent/efficientnet_lite0/fold_0/model.pt", weights_only=True
+    )
+    assert ckpt["provenance"]["cohort_sheet_sha256"] == record["cohort_sheet_sha256"]
+    assert ckpt["provenance"]["config"]["models"]["querent"]["top_k"] == 2

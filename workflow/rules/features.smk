@@ -16,6 +16,7 @@ rule extract_features:
     threads: 2
     resources:
         mem_mb=8000,
+        runtime=lambda wildcards, attempt: 120 * attempt,
         gpu=1,
     conda:
         "../../environment.yml"

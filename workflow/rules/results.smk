@@ -69,7 +69,7 @@ rule draw_heatmaps:
     output:
         report(
             directory("results/heatmaps/{model}/{encoder}"),
-            patterns=["{name}.png"],
+            patterns=["{name}_preview.jpg"],
             caption="../report/heatmaps.rst",
             category="Results",
             subcategory="{model} ({encoder})",
@@ -109,3 +109,28 @@ rule top_patches:
         "../../environment.yml"
     script:
         "../scripts/top_patches.py"
+
+
+rule record_provenance:
+    input:
+        models=expand(
+            "results/models/{model}/{encoder}/fold_{fold}/model.pt",
+            model=list(config["models"]),
+            encoder=ENCODER,
+            fold=FOLDS,
+        ),
+        sheet=cohort_sheet(),
+    output:
+        report(
+            "results/provenance.tsv",
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"table": "config, cohort sheet, versions, revision"},
+        ),
+    log:
+        "logs/provenance.log",
+    threads: 1
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/record_provenance.py"

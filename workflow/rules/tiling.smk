@@ -17,7 +17,8 @@ rule segment_tissue:
     conda:
         "../../environment.yml"
     resources:
-        mem_mb=2000,
+        mem_mb=slide_stage_memory,
+        runtime=lambda wildcards, attempt: 20 * attempt,
     script:
         "../scripts/segment_tissue.py"
 
@@ -28,8 +29,9 @@ rule tile_slide:
         tissue="results/tissue/{slide}.geojson",
     output:
         coords="results/coords/{slide}.h5",
-        qc=report(
-            "results/coords/{slide}_qc.png",
+        qc="results/coords/{slide}_qc.png",
+        preview=report(
+            "results/coords/{slide}_qc_preview.jpg",
             caption="../report/tiling_qc.rst",
             category="Tissue and patches",
             labels={"slide": "{slide}"},
@@ -45,6 +47,7 @@ rule tile_slide:
     conda:
         "../../environment.yml"
     resources:
-        mem_mb=2000,
+        mem_mb=slide_stage_memory,
+        runtime=lambda wildcards, attempt: 20 * attempt,
     script:
         "../scripts/tile_slide.py"

@@ -8,4 +8,11 @@ log_to_file(snakemake.log[0])
 params = tiling.TilingParams(**snakemake.params.tiling)
 with Slide(snakemake.input.slide, **snakemake.params.slide) as slide:
     polygons = tissue.read_geojson(snakemake.input.tissue)
-    tiling.tile_slide(slide, polygons, params, snakemake.output.coords, snakemake.output.qc)
+    tiling.tile_slide(
+        slide,
+        polygons,
+        params,
+        snakemake.output.coords,
+        snakemake.output.qc,
+        preview_path=snakemake.output.preview,
+    )

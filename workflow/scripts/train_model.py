@@ -24,4 +24,5 @@ train_fold(
     Path(snakemake.output.model).parent,
     encoder=snakemake.wildcards.encoder,
     fold=fold,
+    config=snakemake.config,
 )

@@ -3,6 +3,7 @@ import pytest
 from extractors.errors import SlideDiscoveryError
 from extractors.wsi.discovery import (
     discover_slides,
+    metadata_mpps,
     read_slide_sheet,
     slide_id_from_path,
 )
@@ -82,3 +83,81 @@ def test_bad_sheets(tmp_path, rows, message):
     with pytest.raises(SlideDiscoveryError, match=message) as err:
         read_slide_sheet(sheet)
     assert str(sheet) in str(err.value)
+
+
+def test_every_folder_problem_is_reported_at_once(tmp_path):
+    _touch(tmp_path / "bad name.svs")
+    _touch(tmp_path / "also bad!.tif")
+    _touch(tmp_path / "site1" / "x.svs")
+    _touch(tmp_path / "site2" / "x.svs")
+    with pytest.raises(SlideDiscoveryError) as err:
+        discover_slides(tmp_path)
+    lines = str(err.value).splitlines()
+    assert "3 problems" in lines[0]
+    assert len(lines) == 4
+    assert "'bad name'" in lines[2] or "'bad name'" in lines[1]
+    assert any("'also bad!'" in line for line in lines)
+    assert any("duplicate slide ids (x:" in line for line in lines)
+
+
+def test_every_sheet_row_problem_is_reported_at_once(tmp_path):
+    _touch(tmp_path / "a.svs")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        "path,slide_id,mpp\na.svs,ok,0.5\nmissing.svs,m,\na.svs,bad id,\na.svs,z,abc\na.svs,ok,\n"
+    )
+    with pytest.raises(SlideDiscoveryError) as err:
+        read_slide_sheet(sheet)
+    message = str(err.value)
+    assert "4 problems" in message
+    for expected in ("line 3: slide 'm'", "line 4: slide id 'bad id'", "line 5", "'abc'", "ok:"):
+        assert expected in message, expected
+
+
+def test_mpp_column_with_text_keeps_the_numbers(tmp_path):
+    _touch(tmp_path / "a.svs")
+    _touch(tmp_path / "b.svs")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("path,mpp\na.svs,0.25\nb.svs, \n")
+    assert [e.mpp for e in read_slide_sheet(sheet)] == [0.25, None]
+
+
+def test_missing_sheet_names_the_setting(tmp_path):
+    with pytest.raises(SlideDiscoveryError, match="slides.sheet"):
+        read_slide_sheet(tmp_path / "nope.csv")
+
+
+def test_symlinked_folders_are_followed_once_and_loops_are_cut(tmp_path):
+    root, elsewhere = tmp_path / "slides", tmp_path / "elsewhere"
+    _touch(root / "a.svs")
+    _touch(elsewhere / "deep" / "b.svs")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "linked_again").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "deep" / "up").symlink_to(root, target_is_directory=True)
+    (root / "c.svs").symlink_to(elsewhere / "deep" / "b.svs")
+    entries = discover_slides(root)
+    assert [e.slide_id for e in entries] == ["a", "b", "c"]
+    assert entries[1].path == root / "linked" / "deep" / "b.svs"
+
+
+def test_metadata_mpps_reads_headers_once_per_file_version(tmp_path, cmu_slide, monkeypatch):
+    import openslide
+
+    broken = _touch(tmp_path / "broken.svs")
+    slides = {"cmu": cmu_slide, "broken": broken, "gone": tmp_path / "gone.svs"}
+    cache = tmp_path / "cache" / "mpp.json"
+    first = metadata_mpps(slides, cache=cache)
+    assert first == {"cmu": pytest.approx(0.499)}  # unreadable and missing files are left out
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read a slide whose answer was cached")
+
+    monkeypatch.setattr(openslide, "OpenSlide", no_reading)
+    assert metadata_mpps(slides, cache=cache) == first
+    broken.write_bytes(b"changed")  # a new file version is read again
+    with pytest.raises(AssertionError, match="cached"):
+        metadata_mpps(slides, cache=cache)
+
+
+def test_metadata_mpps_says_none_for_a_slide_without_mpp(tcga_slide):
+    assert metadata_mpps({"tcga": tcga_slide}) == {"tcga": None}

@@ -203,6 +203,38 @@ def test_long_lists_are_cut_after_ten(tmp_path):
     assert "line 11" in message and "line 12" not in message and "and 4 more" in message
 
 
+def test_every_problem_of_a_sheet_is_reported_at_once(tmp_path):
+    text = (
+        "slide_id,case_id,label\nS1,P1,A\nS1,P2,B\nbad id,P3,A\nS4,,B\nS5,P5,\nS6,P6,C\nS7,P6,A\n"
+    )
+    message = _error(tmp_path, text, CohortSettings(classes=("A", "B")))
+    lines = message.splitlines()
+    assert "6 problems" in lines[0] and len(lines) == 7
+    for expected in (
+        "empty case_id at line 5",
+        "'bad id' (line 4)",
+        "duplicate slide ids: S1 (line 2, line 3)",
+        "missing labels at line 6",
+        "'C' (line 7)",
+        "P6 (label A, C)",
+    ):
+        assert sum(expected in line for line in lines[1:]) == 1, expected
+    assert all("Fix:" in line for line in lines[1:])
+
+
+def test_every_survival_problem_is_reported_at_once(tmp_path):
+    text = "slide_id,case_id,time,event\nS1,P1,-1,0\nS2,P2,5,maybe\nS3,P3,4,0\nS4,P3,6,0\n"
+    message = _error(tmp_path, text, SURVIVAL)
+    assert "4 problems" in message
+    for expected in (
+        "line 2 ('-1')",
+        "line 3 ('maybe')",
+        "P3 (time 4.0, 6.0; event 0)",
+        "no event",
+    ):
+        assert expected in message, expected
+
+
 def test_settings_are_checked():
     with pytest.raises(SettingsError, match="classification, survival"):
         CohortSettings(task="regression")

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def context_cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("context")
-    settings = ContextSettings(slides=60, patches=400, dim=16, seed=1)
+    # ~50 regions of 16 cells a slide; with 400 patches (25 regions) the default's shared
+    # picks learned on 2 of 3 folds only (AUC 0.79 / 0.95 / 0.92)
+    settings = ContextSettings(slides=60, patches=800, dim=16, seed=1)
     cohort = read_cohort(write_context_cohort(folder, settings), CohortSettings())
     return match_features(cohort, folder / "features", "error")
 

@@ -1,5 +1,6 @@
 """The trainer on a real (small, synthetic) cohort: resume, determinism, checkpoints, errors."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -50,7 +51,11 @@ def test_training_is_deterministic_and_loads_weights_only(synthetic_cohort, tmp_
     ckpt = torch.load(first, weights_only=True)
     assert ckpt["run"]["arch"] == arch and ckpt["task"]["classes"] == ["neg", "pos"]
     assert ckpt["encoder"] == "synthetic" and ckpt["in_dim"] == 16 and ckpt["fold"] == 0
-    assert ckpt["querent_version"]
+    assert ckpt["querent_version"] == ckpt["provenance"]["packages"]["querent"]
+    record = ckpt["provenance"]
+    assert record["packages"]["torch"] == torch.__version__.split("+")[0]
+    sheet = Path(synthetic_cohort[0])
+    assert record["cohort_sheet_sha256"] == hashlib.sha256(sheet.read_bytes()).hexdigest()
     history = pd.read_csv(tmp_path / "a" / "history.csv")
     assert list(history.columns) == [
         "epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"

@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from querent.plots.confusion import confusion_figure
 from querent.plots.curves import roc_figure, training_figure
-from querent.plots.style import new_figure, save_figure
+from querent.plots.style import PREVIEW_DPI, new_figure, save_figure, save_preview
 from querent.plots.summary import summary_figure
 from querent.plots.survival import km_figure, risk_groups
 
@@ -254,3 +254,13 @@ def test_save_figure_replaces_a_known_suffix_and_rejects_unknown_formats(tmp_pat
     assert save_figure(figure, tmp_path / "fold.0", formats=("svg",)) == [tmp_path / "fold.0.svg"]
     with pytest.raises(ValueError, match="formats"):
         save_figure(figure, tmp_path / "x", formats=("jpeg",))
+
+
+def test_preview_is_a_small_jpeg_of_the_same_figure(tmp_path):
+    figure = new_figure(6, 4)
+    figure.add_subplot().imshow(np.random.default_rng(0).random((200, 300)))
+    full = save_figure(figure, tmp_path / "map", formats=("png",))[0]
+    preview = save_preview(figure, tmp_path / "map_preview.jpg")
+    assert preview.read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    assert preview.stat().st_size < full.stat().st_size / 2
+    assert matplotlib.image.imread(preview).shape[1] == round(6 * PREVIEW_DPI)

@@ -1,0 +1,7 @@
+"""``python -m querent``: the ``querent`` command."""
+
+import sys
+
+from querent.cli import main
+
+sys.exit(main())
