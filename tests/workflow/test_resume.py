@@ -4,6 +4,7 @@ Finished slides and folds are not recomputed, nothing partial passes for complet
 outputs equal those of the uninterrupted tiny run (``tiny_run``).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -40,9 +41,10 @@ def _run_until(project: Path, done, timeout: float = 900) -> None:
         while not done():
             assert process.poll() is None, "the run ended before the moment to kill it"
             assert time.monotonic() < deadline, "the moment to kill the run never came"
-            time.sleep(0.1)
+            time.sleep(0.02)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -79,8 +81,8 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
     assert not list(project.glob("results/**/*.tmp"))  # no partial file left behind
 
     # 2. killed while training: one fold has written its resume state, no model is final yet
-    def training_started() -> bool:
-        return any(project.glob("results/models/*/*/fold_*/resume.pt"))
+    def training_started() -> bool:  # a fold logged its first epoch, after saving resume.pt
+        return any("epoch 0:" in p.read_text() for p in project.glob("logs/models/*/*/*.log"))
 
     _run_until(project, training_started)
     done = {
