@@ -26,6 +26,12 @@ def workflow_copy(path: Path) -> Path:
     return path
 
 
+def snakemake_command(*args: str, files: tuple[str, ...] = ("tiny.yaml",)) -> list[str]:
+    """The command line of a Snakemake run with the tiny config (and ``files`` after it)."""
+    # the arguments (targets included) go before --configfile, which takes every word after it
+    return [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", *files]
+
+
 def snakemake(project: Path, *args: str, config: dict | None = None) -> tuple[int, str]:
     """Run Snakemake with the tiny config in ``project``: exit code and everything it printed.
 
@@ -36,10 +42,8 @@ def snakemake(project: Path, *args: str, config: dict | None = None) -> tuple[in
     if config:
         (project / "override.yaml").write_text(yaml.safe_dump(config))
         files.append("override.yaml")
-    # the arguments (targets included) go before --configfile, which takes every word after it
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", *files]
     result = subprocess.run(
-        command,
+        snakemake_command(*args, files=tuple(files)),
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

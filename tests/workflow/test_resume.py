@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers import job_counts, snakemake, workflow_copy
+from tests.helpers import job_counts, snakemake, snakemake_command, workflow_copy
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +27,8 @@ RUNS = [(model, fold) for model in ("querent", "abmil") for fold in (0, 1)]
 
 def _run_until(project: Path, done, timeout: float = 900) -> None:
     """Start the tiny run and SIGKILL its whole process group as soon as ``done()`` holds."""
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tiny.yaml"]
     process = subprocess.Popen(
-        command,
+        snakemake_command(),
         cwd=project,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
