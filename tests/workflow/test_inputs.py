@@ -266,7 +266,7 @@ def test_mpp_default_and_per_slide_mpp_replan_only_the_slides_without_mpp(
     slides = _slides(project / "lab", good=cmu_slide, no_mpp=tcga_slide)
     coords = ["results/coords/good.h5", "results/coords/no_mpp.h5"]
     config = {**OWN, "slides": {"dir": str(slides), "mpp_default": 0.5}}
-    code, output = snakemake(project, "--", *coords, config=config)
+    code, output = snakemake(project, *coords, config=config)
     assert code == 0, output
     assert "Nothing to be done" in snakemake(project, "-n", *coords, config=config)[1]
 
@@ -286,7 +286,7 @@ def test_a_target_finer_than_a_slide_leaves_it_out_and_keeps_its_files(
     slides = _slides(project / "lab", at20x=cmu_slide, at40x=relabelled_40x_slide)
     coords = ["results/coords/at20x.h5", "results/coords/at40x.h5"]
     config = {**OWN, "slides": {"dir": str(slides)}, "features": {"allow_mpp_mismatch": True}}
-    code, output = snakemake(project, "--", *coords, config=config)
+    code, output = snakemake(project, *coords, config=config)
     assert code == 0, output
     kept = (project / coords[0]).read_bytes()
 
@@ -295,7 +295,7 @@ def test_a_target_finer_than_a_slide_leaves_it_out_and_keeps_its_files(
     assert code == 0, output
     assert "'at20x' is left out" in output and "tiling.target_mpp >= 0.499" in output
     assert _planned_slides(output) == ["at40x"]
-    code, output = snakemake(project, "--", coords[1], config=finer)
+    code, output = snakemake(project, coords[1], config=finer)
     assert code == 0, output
     assert (project / coords[0]).read_bytes() == kept
 
