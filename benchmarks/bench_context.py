@@ -102,7 +102,10 @@ CONTROL = {
     for name in ("abmil", "transmil", "full_attention", "querent quest+local")
     + ("querent learned (paper)",)
 }
-SURVIVAL = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned region-shared")}
+SURVIVAL = {
+    name: MAIN[name]
+    for name in ("mean_pool", "abmil", "querent learned (paper)", "querent learned region-shared")
+}
 LARGE = {name: MAIN[name] for name in ("mean_pool", "abmil", "querent learned region-shared")}
 ABLATIONS = {
     "summary": {s: {**QUERENT, "summary": s} for s in ("minmax", "min", "max", "mean", "meanstd")},

@@ -33,12 +33,6 @@ from extractors.wsi.tissue import polygon_area, read_geojson
 
 logger = logging.getLogger(__name__)
 
-#: The stages a slide goes through: (rule, the :class:`Layout` field of its output).
-STAGES = (
-    ("segment_tissue", "tissue"),
-    ("tile_slide", "coords"),
-    ("extract_features", "features"),
-)
 #: A slide with more patches than this multiple of the cohort median is flagged.
 MANY_PATCHES = 3.0
 #: mpp_source of an MPP taken from ``slides.mpp_default`` (see extractors.wsi.reader).
@@ -49,15 +43,17 @@ MAX_LINES = 20
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the slide stages write, as path patterns with ``{slide}``.
+    """Where the slide stages write, as path patterns with ``{slide}`` (and ``{encoder}``).
 
     Attributes:
         tissue: Tissue GeoJSON (rule segment_tissue).
         tissue_log: Its log.
         coords: Coords file (rule tile_slide).
         coords_log: Its log.
-        features: Feature file (rule extract_features).
+        features: Feature file (rule extract_features), with ``{encoder}`` for several.
         features_log: Its log.
+        encoders: The encoders of ``{encoder}``, each a stage of its own; empty: one feature
+            file without ``{encoder}``.
     """
 
     tissue: str
@@ -66,10 +62,16 @@ class Layout:
     coords_log: str
     features: str
     features_log: str
+    encoders: tuple[str, ...] = ()
 
-    def path(self, field: str, slide_id: str) -> Path:
-        """The file ``field`` (e.g. ``coords``, ``coords_log``) of one slide."""
-        return Path(getattr(self, field).format(slide=slide_id))
+    def path(self, field: str, slide_id: str, encoder: str = "") -> Path:
+        """The file ``field`` (e.g. ``coords``, ``features_log``) of one slide."""
+        return Path(getattr(self, field).format(slide=slide_id, encoder=encoder))
+
+    def stages(self) -> list[tuple[str, str, str]]:
+        """(rule, :class:`Layout` field of its output, encoder) in the order a slide runs them."""
+        extraction = [("extract_features", "features", name) for name in self.encoders or ("",)]
+        return [("segment_tissue", "tissue", ""), ("tile_slide", "coords", ""), *extraction]
 
 
 @dataclass
@@ -88,7 +90,7 @@ class SlideQC:
         tissue_mm2: Tissue area of the GeoJSON polygons (holes subtracted), in mm².
         patches: Patches of the coords file.
         skipped_patches: Patches left out after decode errors (features.on_decode_error: skip).
-        features: The feature file.
+        features: The feature file (several: comma-separated, in the order of the encoders).
         flags: Comma-separated outliers: ``no_patches``, ``many_patches`` (more than
             :data:`MANY_PATCHES` x the cohort median), ``mpp_default``, ``decode_errors``.
         log: The log of the failed stage.
@@ -166,12 +168,13 @@ def _features(row: SlideQC, path: Path) -> None:
         with h5py.File(path, "r") as h5:
             n, attrs = h5["features"].shape[0], h5["features"].attrs
             skipped = h5["skipped_coords"].shape[0] if "skipped_coords" in h5 else 0
-            row.skipped_patches = int(attrs.get("n_skipped", skipped))
+            skipped = int(attrs.get("n_skipped", skipped))
+            row.skipped_patches = max(skipped, row.skipped_patches or 0)  # of every encoder
     except (OSError, KeyError) as err:
         raise FileFormatError(f"{path}: not a readable feature file ({err})") from err
     if row.patches == "":
         row.patches = int(n) + int(row.skipped_patches)
-    row.features = str(path)
+    row.features = ",".join(filter(None, [row.features, str(path)]))
 
 
 def _text(value: object) -> str:
@@ -189,10 +192,10 @@ def slide_qc(slide_id: str, layout: Layout, *, trained: set[str] | None = None) 
     """
     row = SlideQC(slide_id)
     readers = {"tissue": lambda *_: None, "coords": _coords, "features": _features}
-    for rule, field in STAGES:
-        path = layout.path(field, slide_id)
+    for rule, field, encoder in layout.stages():
+        path = layout.path(field, slide_id, encoder)
         if not path.exists():
-            log = layout.path(f"{field}_log", slide_id)
+            log = layout.path(f"{field}_log", slide_id, encoder)
             error = last_error(log)
             if error is not None:
                 row.status, row.reason, row.log = "failed", error, str(log)

@@ -31,7 +31,7 @@ def _config(path: Path) -> dict:
 def _experiment(args: argparse.Namespace):
     from querent.engine.experiment import load_experiment
 
-    return load_experiment(_config(args.config))
+    return load_experiment(_config(args.config), args.encoder)
 
 
 def _run_dir(args: argparse.Namespace, root: str, encoder: str) -> Path:
@@ -111,10 +111,17 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"{args.out_dir}/predictions.csv\t{len(files)} slides, {len(models)} models")
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="config (default: config.yaml)"
     )
+    parser.add_argument(
+        "--encoder", help="whose features (default: the config's features.encoder, if only one)"
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="model run name (a key of `models`)")
     parser.add_argument("--fold", type=int, required=True, help="fold to hold out")
     parser.add_argument(
@@ -141,9 +148,7 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
     splits = subparsers.add_parser(
         "splits", parents=[common], help="patient-level folds", description=run_splits.__doc__
     )
-    splits.add_argument(
-        "--config", type=Path, default=Path("config.yaml"), help="config (default: config.yaml)"
-    )
+    _add_config_arguments(splits)
     splits.add_argument(
         "-o",
         "--out",

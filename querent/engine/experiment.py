@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from extractors.errors import CohortError
+from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import Cohort, CohortSettings, format_items, read_cohort
 from querent.data.splits import SplitSettings, fold_slides, make_splits, read_splits
 from querent.engine.runs import ModelRun, model_runs
@@ -56,10 +56,33 @@ def cohort_settings(config: Mapping) -> CohortSettings:
     return CohortSettings(**section)
 
 
-def features_folder(config: Mapping) -> Path:
-    """Where the feature files are: ``features.dir``, else this workflow's extraction output."""
-    features = config.get("features", {})
-    return Path(features.get("dir") or f"results/features/{features['encoder']}")
+def config_encoders(config: Mapping) -> list[str]:
+    """The encoders of ``features.encoder`` (one name or a list), in the config's order."""
+    names = config["features"]["encoder"]
+    return [names] if isinstance(names, str) else list(names)
+
+
+def pick_encoder(config: Mapping, encoder: str | None = None) -> str:
+    """``encoder``, checked against the config's; None: the config's only encoder.
+
+    Raises:
+        SettingsError: ``encoder`` is not in the config, or None while the config has several.
+    """
+    names = config_encoders(config)
+    if encoder is None and len(names) == 1:
+        return names[0]
+    if encoder not in names:
+        raise SettingsError(
+            f"features.encoder lists {names}: name one of them (CLI: --encoder NAME)"
+            + ("" if encoder is None else f", not {encoder!r}")
+            + "."
+        )
+    return encoder
+
+
+def features_folder(config: Mapping, encoder: str) -> Path:
+    """Where ``encoder``'s feature files are: ``features.dir``, else the extraction output."""
+    return Path(config["features"].get("dir") or f"results/features/{encoder}")
 
 
 def match_features(
@@ -102,15 +125,22 @@ def match_features(
     return subset, {slide_id: folder / f"{slide_id}.h5" for slide_id in kept}
 
 
-def load_experiment(config: Mapping, available: set[str] | None = None) -> Experiment:
-    """The experiment the config describes (paths relative to the working directory)."""
+def load_experiment(
+    config: Mapping, encoder: str | None = None, available: set[str] | None = None
+) -> Experiment:
+    """The experiment the config describes, on ``encoder``'s features (see :func:`pick_encoder`).
+
+    Paths are relative to the working directory.
+    """
+    encoder = pick_encoder(config, encoder)
     settings = cohort_settings(config)
     cohort = read_cohort(settings.sheet, settings)
-    cohort, files = match_features(cohort, features_folder(config), settings.on_missing, available)
+    folder = features_folder(config, encoder)
+    cohort, files = match_features(cohort, folder, settings.on_missing, available)
     return Experiment(
         cohort=cohort,
         files=files,
-        encoder=config["features"]["encoder"],
+        encoder=encoder,
         splits=SplitSettings(**config.get("splits", {})),
         runs=model_runs(config.get("models", {}), config.get("training", {})),
     )

@@ -172,6 +172,11 @@ def test_cross_field_problems_are_reported_together(project):
         ({"features": {"dir": "lab"}, "slides": {"dir": "lab"}}, "features.dir and slides.dir"),
         ({"slides": {"per_slide": {"nope": {"mpp": 0.5}}}}, "slides.per_slide"),
         ({"demo": {"enabled": "yes"}}, "demo.enabled"),
+        ({"features": {"dir": "lab", "encoder": ["a", "b"]}}, "name the one encoder"),
+        ({"features": {"encoder": ["efficientnet_lite0", "uni_v2"], "checkpoint": "w.bin"}},
+         "give it per encoder"),
+        ({"features": {"checkpoint": {"uni_v2": "w.bin"}}}, "does not list: uni_v2"),
+        ({"features": {"encoder": ["efficientnet_lite0", "uni_v3"]}}, "'uni_v3' is not a"),
     ],
 )  # fmt: skip
 def test_conflicting_settings_stop_before_any_job(project, config, named):

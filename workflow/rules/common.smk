@@ -23,6 +23,7 @@ from querent.data.splits import SplitSettings, check_splits, read_splits
 from querent.engine.experiment import (
     DEMO_SHEET,
     cohort_settings,
+    config_encoders,
     features_folder,
     match_features,
 )
@@ -243,9 +244,8 @@ def check_cohort():
             return []
         validate(cohort.table[["slide_id", "case_id"]], "../schemas/cohort.schema.yaml")
         available = None if OWN_FEATURES else set(SLIDES)
-        matched = checked(
-            match_features, cohort, features_folder(config), settings.on_missing, available
-        )
+        folder = features_folder(config, ENCODERS[0])
+        matched = checked(match_features, cohort, folder, settings.on_missing, available)
         cohort, files = matched if matched else (None, {})
     if cohort is None:
         return []
@@ -270,8 +270,25 @@ def check_cohort():
 
 
 def check_settings():
-    """Cross-field settings that need no slide: tiling geometry, cohort task and classes."""
+    """Cross-field settings that need no slide: tiling geometry, encoders, cohort task."""
     checked(TilingParams, **config["tiling"])
+    features = config["features"]
+    if OWN_FEATURES and len(ENCODERS) > 1:
+        PROBLEMS.append(
+            f"features.dir holds one set of feature files, but features.encoder lists "
+            f"{ENCODERS}. Fix: name the one encoder whose features are in {features['dir']}."
+        )
+    weights = features["checkpoint"]
+    if isinstance(weights, str) and weights and len(ENCODERS) > 1:
+        PROBLEMS.append(
+            f"features.checkpoint is one file but features.encoder lists {ENCODERS}. Fix: give "
+            "it per encoder, e.g. checkpoint: {uni_v2: /path/to/uni_v2.bin}."
+        )
+    if isinstance(weights, dict) and set(weights) - set(ENCODERS):
+        PROBLEMS.append(
+            f"features.checkpoint names encoders that features.encoder does not list: "
+            f"{format_items(sorted(set(weights) - set(ENCODERS)))}. Fix the names."
+        )
     cohort = config["cohort"]
     if cohort["task"] == "survival" and cohort["classes"] is not None:
         PROBLEMS.append(
@@ -280,25 +297,33 @@ def check_settings():
         )
 
 
+def encoder_checkpoint(wildcards):
+    """The local weight file of the job's encoder ("" for the Hugging Face cache or hub)."""
+    weights = config["features"]["checkpoint"]
+    return weights.get(wildcards.encoder, "") if isinstance(weights, dict) else weights
+
+
 def check_registries(registries):
     """Encoder, model runs and what they need of the settings, from the registries."""
     encoders = registries["encoders"]
-    if not OWN_FEATURES and ENCODER not in encoders:
-        PROBLEMS.append(
-            f"features.encoder {ENCODER!r} is not a registered encoder; choose one of "
-            f"{', '.join(sorted(encoders))}."
-        )
-    elif not OWN_FEATURES and not config["features"]["allow_mpp_mismatch"]:
-        # what extractors.extract.check_resolution refuses in every extraction job
-        spec, tiling = encoders[ENCODER], config["tiling"]
-        seen = tiling["target_mpp"] * tiling["patch_size"] / spec["input_px"]
-        if abs(seen / spec["native_mpp"] - 1) > registries["mpp_tolerance"]:
+    for encoder in [] if OWN_FEATURES else ENCODERS:
+        if encoder not in encoders:
             PROBLEMS.append(
-                f"tiling.target_mpp {tiling['target_mpp']} and patch_size {tiling['patch_size']} "
-                f"reach encoder {ENCODER} at {seen:.3f} µm/px, but it expects "
-                f"{spec['native_mpp']} µm/px. Fix: tile at target_mpp {spec['native_mpp']} with "
-                f"patch_size about {spec['input_px']}, or set features.allow_mpp_mismatch."
+                f"features.encoder {encoder!r} is not a registered encoder; choose one of "
+                f"{', '.join(sorted(encoders))}."
             )
+        elif not config["features"]["allow_mpp_mismatch"]:
+            # what extractors.extract.check_resolution refuses in every extraction job
+            spec, tiling = encoders[encoder], config["tiling"]
+            seen = tiling["target_mpp"] * tiling["patch_size"] / spec["input_px"]
+            if abs(seen / spec["native_mpp"] - 1) > registries["mpp_tolerance"]:
+                PROBLEMS.append(
+                    f"tiling.target_mpp {tiling['target_mpp']} and patch_size "
+                    f"{tiling['patch_size']} reach encoder {encoder} at {seen:.3f} µm/px, but it "
+                    f"expects {spec['native_mpp']} µm/px. Fix: tile at target_mpp "
+                    f"{spec['native_mpp']} with patch_size about {spec['input_px']}, or set "
+                    "features.allow_mpp_mismatch."
+                )
     runs = checked(model_runs, config["models"], config["training"], registries["models"])
     cox = registries["min_batch"].get("cox", 1)
     if runs and config["cohort"]["task"] == "survival":
@@ -317,12 +342,14 @@ def split_file_input():
 
 
 def train_features(wildcards):
-    """Feature files of every slide that trains or evaluates."""
-    return TRAIN_FEATURES
+    """The job encoder's feature files of every slide that trains or evaluates."""
+    folder = features_folder(config, wildcards.encoder)
+    return [str(folder / f"{slide}.h5") for slide in TRAIN_SLIDES]
 
 
 DEMO_COHORT = demo_cohort(config["demo"]["n_slides"], config["demo"]["seed"])
-ENCODER = config["features"]["encoder"]
+#: Encoders of this run (features.encoder: one or a list); each has its features and models.
+ENCODERS = config_encoders(config)
 FOLDS = list(range(config["splits"]["folds"]))
 check_settings()
 #: Every slide of the input, by id (input functions); SLIDES: those this run processes.
@@ -333,8 +360,14 @@ METADATA_MPP = read_metadata_mpps(SLIDE_FILES) if SLIDE_FILES and not PROBLEMS e
 SLIDES = tileable(SLIDE_FILES, level0_mpps(SLIDE_FILES, METADATA_MPP))
 #: Slides of the input this run leaves out (tiling.target_mpp finer than their level 0).
 LEFT_OUT = sorted(set(SLIDE_FILES) - set(SLIDES))
+#: Feature extraction jobs: one per slide, or batches of slides (features.slides_per_job).
+SLIDES_PER_JOB = config["features"]["slides_per_job"]
+BATCHES = {
+    f"b{start // SLIDES_PER_JOB:04d}": sorted(SLIDES)[start : start + SLIDES_PER_JOB]
+    for start in range(0, len(SLIDES), SLIDES_PER_JOB)
+}
+SLIDE_BATCH = {slide: batch for batch, slides in BATCHES.items() for slide in slides}
 TRAIN_SLIDES = check_cohort()
-TRAIN_FEATURES = [str(features_folder(config) / f"{slide}.h5") for slide in TRAIN_SLIDES]
 if REGISTRIES_STARTED is not None:
     check_registries(finish_registries(*REGISTRIES_STARTED))
 stop_on_problems()
@@ -345,10 +378,15 @@ wildcard_constraints:
     encoder="[A-Za-z0-9_]+",
     model=RUN_NAME_PATTERN,
     fold="[0-9]+",
+    batch="b[0-9]+",
+
+
+def slide_path_of(slide):
+    return str(SLIDE_FILES[slide].path)
 
 
 def slide_path(wildcards):
-    return str(SLIDE_FILES[wildcards.slide].path)
+    return slide_path_of(wildcards.slide)
 
 
 def slide_kwargs_of(slide):
@@ -411,7 +449,7 @@ def feature_outputs():
     outputs = expand(
         per_slide,
         slide=sorted(SLIDES),
-        encoder=ENCODER,
+        encoder=ENCODERS,
         region_size=config["grids"]["region_size"],
     )
     if DEMO:
@@ -432,13 +470,13 @@ def report_outputs():
     if TRAIN_SLIDES:
         outputs.append("results/plots/summary.png")
         outputs += expand(
-            "results/plots/{model}/{encoder}", model=config["models"], encoder=ENCODER
+            "results/plots/{model}/{encoder}", model=config["models"], encoder=ENCODERS
         )
         if not OWN_FEATURES:  # heatmaps are drawn on the slides' thumbnails
             results = ["results/heatmaps/{model}/{encoder}"]
             if config["plots"]["top_patches"]:
                 results.append("results/top_patches/{model}/{encoder}")
-            outputs += expand(results, model=config["models"], encoder=ENCODER)
+            outputs += expand(results, model=config["models"], encoder=ENCODERS)
     return outputs
 
 

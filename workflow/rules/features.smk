@@ -1,27 +1,81 @@
-rule extract_features:
-    input:
-        slide=slide_path,
-        coords="results/coords/{slide}.h5",
-    output:
-        "results/features/{encoder}/{slide}.h5",
-    params:
-        slide=slide_kwargs,
-        checkpoint=config["features"]["checkpoint"],
-        skip_errors=config["features"]["on_decode_error"] == "skip",
-        allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
-    log:
-        "logs/features/{encoder}/{slide}.log",
-    benchmark:
-        "logs/features/{encoder}/{slide}.benchmark.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=lambda wildcards, attempt: 120 * attempt,
-        gpu=1,
-    conda:
-        "../../environment.yml"
-    script:
-        "../scripts/extract_features.py"
+# One job per slide (features.slides_per_job: 1), or on GPU clusters one job per batch of
+# slides, so the encoder loads once per batch: the batch job stages every slide's features and
+# records each outcome, and a per-slide job (extract_features in both cases, so everything
+# downstream is the same) links the slide's staged file into place or fails with its reason.
+
+if SLIDES_PER_JOB == 1:
+
+    rule extract_features:
+        input:
+            slide=slide_path,
+            coords="results/coords/{slide}.h5",
+        output:
+            "results/features/{encoder}/{slide}.h5",
+        params:
+            slide=slide_kwargs,
+            checkpoint=encoder_checkpoint,
+            skip_errors=config["features"]["on_decode_error"] == "skip",
+            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
+        log:
+            "logs/features/{encoder}/{slide}.log",
+        benchmark:
+            "logs/features/{encoder}/{slide}.benchmark.tsv"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=lambda wildcards, attempt: 120 * attempt,
+            gpu=1,
+        conda:
+            "../../environment.yml"
+        script:
+            "../scripts/extract_features.py"
+
+else:
+
+    rule extract_feature_batch:
+        input:
+            slides=lambda wildcards: [slide_path_of(s) for s in BATCHES[wildcards.batch]],
+            coords=lambda wildcards: expand(
+                "results/coords/{slide}.h5", slide=BATCHES[wildcards.batch]
+            ),
+        output:
+            "results/features/{encoder}/batches/{batch}.tsv",
+        params:
+            slides=lambda wildcards: {s: slide_kwargs_of(s) for s in BATCHES[wildcards.batch]},
+            staged="results/features/{encoder}/staged",
+            checkpoint=encoder_checkpoint,
+            skip_errors=config["features"]["on_decode_error"] == "skip",
+            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
+        log:
+            "logs/features/{encoder}/{batch}.log",
+        benchmark:
+            "logs/features/{encoder}/{batch}.benchmark.tsv"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=lambda wildcards, attempt: 60 * attempt * len(BATCHES[wildcards.batch]),
+            gpu=1,
+        conda:
+            "../../environment.yml"
+        script:
+            "../scripts/extract_feature_batch.py"
+
+    rule extract_features:
+        input:
+            lambda wildcards: f"results/features/{wildcards.encoder}/batches/"
+            f"{SLIDE_BATCH[wildcards.slide]}.tsv",
+        output:
+            "results/features/{encoder}/{slide}.h5",
+        log:
+            "logs/features/{encoder}/{slide}.log",
+        threads: 1
+        conda:
+            "../../environment.yml"
+        script:
+            "../scripts/publish_features.py"
+
+    localrules:
+        extract_features,
 
 
 rule export_stamp:

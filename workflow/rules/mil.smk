@@ -73,13 +73,13 @@ rule aggregate_metrics:
         predictions=expand(
             "results/eval/{model}/{encoder}/fold_{fold}/predictions.csv",
             model=list(config["models"]),
-            encoder=ENCODER,
+            encoder=ENCODERS,
             fold=FOLDS,
         ),
     output:
         "results/eval/summary.tsv",
     params:
-        runs=[(model, ENCODER) for model in config["models"]],
+        runs=[(model, encoder) for model in config["models"] for encoder in ENCODERS],
         folds=FOLDS,
     log:
         "logs/eval/summary.log",

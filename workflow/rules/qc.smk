@@ -4,20 +4,23 @@
 
 QC_TABLE = "results/qc/summary.tsv"
 #: Arguments of extractors.qc.qc_table: every slide of the input; where the slide stages write
-#: (path patterns with {slide}, from their rules); the slides that train (None: nothing trains,
+#: (path patterns with {slide} and {encoder}, from their rules); the slides that train (None: nothing trains,
 #: the run stops at features); the slides this run leaves out, with the reason.
 QC_SETTINGS = {
     "slides": sorted(SLIDE_FILES),
     "layout": {
-        name: expand(str(pattern), encoder=ENCODER, allow_missing=True)[0]
-        for name, pattern in {
-            "tissue": rules.segment_tissue.output.geojson,
-            "tissue_log": rules.segment_tissue.log[0],
-            "coords": rules.tile_slide.output.coords,
-            "coords_log": rules.tile_slide.log[0],
-            "features": rules.extract_features.output[0],
-            "features_log": rules.extract_features.log[0],
-        }.items()
+        **{
+            name: str(pattern)
+            for name, pattern in {
+                "tissue": rules.segment_tissue.output.geojson,
+                "tissue_log": rules.segment_tissue.log[0],
+                "coords": rules.tile_slide.output.coords,
+                "coords_log": rules.tile_slide.log[0],
+                "features": rules.extract_features.output[0],
+                "features_log": rules.extract_features.log[0],
+            }.items()
+        },
+        "encoders": tuple(ENCODERS),
     },
     "trained": TRAIN_SLIDES or None,
     "left_out": {
@@ -34,7 +37,9 @@ rule qc_summary:
     input:
         tissue=expand(QC_SETTINGS["layout"]["tissue"], slide=sorted(SLIDES)),
         coords=expand(QC_SETTINGS["layout"]["coords"], slide=sorted(SLIDES)),
-        features=expand(QC_SETTINGS["layout"]["features"], slide=sorted(SLIDES)),
+        features=expand(
+            QC_SETTINGS["layout"]["features"], slide=sorted(SLIDES), encoder=ENCODERS
+        ),
     output:
         report(
             QC_TABLE,

@@ -116,7 +116,7 @@ rule record_provenance:
         models=expand(
             "results/models/{model}/{encoder}/fold_{fold}/model.pt",
             model=list(config["models"]),
-            encoder=ENCODER,
+            encoder=ENCODERS,
             fold=FOLDS,
         ),
         sheet=cohort_sheet(),

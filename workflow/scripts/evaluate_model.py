@@ -11,7 +11,9 @@ from querent.engine.experiment import load_experiment
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 experiment = load_experiment(
-    snakemake.config, available={Path(p).stem for p in snakemake.input.features}
+    snakemake.config,
+    snakemake.wildcards.encoder,
+    available={Path(p).stem for p in snakemake.input.features},
 )
 _, _, eval_ids = experiment.fold(snakemake.input.splits, int(snakemake.wildcards.fold))
 evaluate_fold(

@@ -11,7 +11,9 @@ from querent.engine.train import train_fold
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 experiment = load_experiment(
-    snakemake.config, available={Path(p).stem for p in snakemake.input.features}
+    snakemake.config,
+    snakemake.wildcards.encoder,
+    available={Path(p).stem for p in snakemake.input.features},
 )
 fold = int(snakemake.wildcards.fold)
 train_ids, val_ids, _ = experiment.fold(snakemake.input.splits, fold)
