@@ -6,9 +6,11 @@ that names the slide and says what to do, so one bad slide never hides behind a 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import cv2
 import numpy as np
 import openslide
 import tifffile
+from openslide import lowlevel
 
 from extractors.errors import SlideError
 from extractors.wsi.discovery import slide_id_from_path
@@ -29,6 +32,16 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 #: Whole-slide reads are done in chunks of this many pixels per side at the read level.
 READ_CHUNK = 4096
 _TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".svslide", ".bif")
+#: Read regions straight into a numpy buffer (OpenSlide's premultiplied ARGB, one uint32 per
+#: pixel, i.e. B, G, R, A bytes on a little-endian machine) instead of through a PIL image, which
+#: costs two more full copies; a whole-level thumbnail read takes about half the time. Falls back
+#: to the public PIL path where openslide-python's low-level names are not there.
+_DIRECT_READ = (
+    sys.byteorder == "little"
+    and hasattr(lowlevel, "_read_region")
+    and hasattr(getattr(lowlevel, "_convert", None), "argb2rgba")
+)
+_OPAQUE = np.uint32(0xFF000000)
 
 
 @dataclass(frozen=True)
@@ -267,18 +280,44 @@ class Slide:
         Returns:
             uint8 array of shape (height, width, 3).
         """
+        width, height = size
+        if not _DIRECT_READ or width <= 0 or height <= 0:
+            return self._read_region_pil(location, level, size)
+        argb = np.empty((height, width), np.uint32)
+        try:
+            lowlevel._read_region(
+                self._osr._osr,
+                argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                location[0],
+                location[1],
+                level,
+                width,
+                height,
+            )
+        except openslide.OpenSlideError as err:
+            raise self._read_error(location, level, size, err) from err
+        if argb.min() >= _OPAQUE:  # premultiplied equals straight colour where alpha is 255
+            return cv2.cvtColor(argb.view(np.uint8).reshape(height, width, 4), cv2.COLOR_BGRA2RGB)
+        lowlevel._convert.argb2rgba(argb)  # in place, exactly as openslide-python's PIL path
+        return _on_white(argb.view(np.uint8).reshape(height, width, 4))
+
+    def _read_region_pil(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """:meth:`read_region` through openslide-python's public API (a PIL image)."""
         try:
             rgba = np.asarray(self._osr.read_region(location, level, size))
         except openslide.OpenSlideError as err:
-            raise SlideError(
-                f"{self.name}: cannot decode the region at level-0 (x, y) = {location}, level "
-                f"{level}, size {size} ({err}); the file is corrupt or truncated: copy it again."
-            ) from err
-        alpha = rgba[..., 3:4]
-        if alpha.min() == 255:
-            return np.ascontiguousarray(rgba[..., :3])
-        blended = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
-        return (blended // 255).astype(np.uint8)
+            raise self._read_error(location, level, size, err) from err
+        return _on_white(rgba)
+
+    def _read_error(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], err: Exception
+    ) -> SlideError:
+        return SlideError(
+            f"{self.name}: cannot decode the region at level-0 (x, y) = {location}, level "
+            f"{level}, size {size} ({err}); the file is corrupt or truncated: copy it again."
+        )
 
     def read_at_mpp(self, mpp: float) -> np.ndarray:
         """Read the whole slide at ``mpp`` (a thumbnail), in bounded chunks.
@@ -309,3 +348,12 @@ class Slide:
                     chunk = cv2.resize(chunk, (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_AREA)
                 out[ty0:ty1, tx0:tx1] = chunk
         return out
+
+
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of a straight-alpha RGBA image composited on white."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    blended = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
+    return (blended // 255).astype(np.uint8)

@@ -116,3 +116,30 @@ def test_truncated_tile_data(tmp_path, cmu_3level_slide):
 def test_missing_file(tmp_path):
     with pytest.raises(SlideError, match="not found"):
         Slide(tmp_path / "absent.svs")
+
+
+@pytest.mark.parametrize(
+    ("location", "level", "size"),
+    [
+        ((0, 0), 0, (2220, 2967)),  # the whole slide
+        ((1000, 1200), 1, (300, 200)),
+        ((2000, 2800), 0, (400, 300)),  # runs past the slide: transparent, composited on white
+        ((-50, -30), 2, (100, 80)),
+    ],
+)
+def test_direct_read_equals_the_pil_read(cmu_3level_slide, location, level, size):
+    with Slide(cmu_3level_slide) as slide:
+        direct = slide.read_region(location, level, size)
+        through_pil = slide._read_region_pil(location, level, size)
+    assert direct.dtype == np.uint8 and direct.shape == (size[1], size[0], 3)
+    np.testing.assert_array_equal(direct, through_pil)
+    if location[0] + size[0] * slide.level_downsamples[level] > 2220:
+        assert (direct[-1, -1] == 255).all()
+
+
+def test_read_without_the_direct_path_is_the_same(cmu_slide, monkeypatch):
+    with Slide(cmu_slide) as slide:
+        direct = slide.read_at_mpp(2.0)
+        monkeypatch.setattr("extractors.wsi.reader._DIRECT_READ", False)
+        fallback = slide.read_at_mpp(2.0)
+    np.testing.assert_array_equal(direct, fallback)

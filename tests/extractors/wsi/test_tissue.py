@@ -172,3 +172,26 @@ def test_the_segmentation_thumbnail_is_saved_with_its_scale(tmp_path, cmu_3level
     # the saved picture is the segmented one, resized: same colours within JPEG error
     expected = cv2.resize(result.thumbnail, image.shape[1::-1], interpolation=cv2.INTER_AREA)
     assert np.abs(image.astype(int) - expected.astype(int)).mean() < 4
+
+
+@pytest.mark.parametrize("ksize", [1, 3, 5, 9, 17, 33])
+def test_the_box_count_mask_is_the_median_blur_mask(ksize):
+    # a window's median exceeds the threshold exactly when more than half of the window does
+    rng = np.random.default_rng(ksize)
+    for shape in [(7, 5), (120, 90), (64, 257)]:
+        smooth = cv2.GaussianBlur(rng.integers(0, 60, shape, dtype=np.uint8), (0, 0), 3)
+        noisy = rng.integers(0, 256, shape, dtype=np.uint8)
+        for image in (smooth, noisy):
+            for threshold in (0, 15, 30, 200):
+                expected = (cv2.medianBlur(image, ksize) > threshold).astype(np.uint8) * 255
+                got = tissue._median_above(image, ksize, threshold)
+                np.testing.assert_array_equal(got, expected)
+
+
+def test_the_segmentation_thumbnail_is_qc_sized(tmp_path):
+    label_map = _two_pieces((96, 256))
+    with _slide_from_map(tmp_path / "wide.svs", label_map, mpp=1.0, cell=96) as slide:
+        result = tissue.segment(slide, tissue.tissue_params())
+    # read at 8 µm/px (3072 px wide), shrunk once to the QC picture's size
+    assert result.thumbnail.shape[:2] == (round(96 * tissue.QC_MAX_SIDE / 256), 2048)
+    assert len(result.polygons) == 2
