@@ -100,7 +100,7 @@ MAIN = {
 CONTROL = {
     name: MAIN[name]
     for name in ("abmil", "transmil", "full_attention", "querent quest+local")
-    + ("querent learned (paper)",)
+    + ("querent learned (paper)", "querent learned region-shared")
 }
 SURVIVAL = {
     name: MAIN[name]
