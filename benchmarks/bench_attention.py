@@ -5,7 +5,11 @@ k = 8, one block, gated attention pooling, cross-entropy on the logits), at N = 
 and 128k patches on a disk of tissue. Variants:
 
 - ``querent fast``: regions share a selection (``selection="region"``);
-- ``querent faithful``: every patch selects its own regions (the paper's);
+- ``querent faithful``: every patch selects its own regions (the paper's), learned scorer;
+- ``faithful quest``: per-patch selection with the ``quest`` scorer, whose exact top k is found
+  by bounding 2 x 2 groups of regions (:mod:`querent.layers.pruning`); its selections are
+  checked against scoring every region on two runs of 512 neighbouring queries;
+- ``faithful quest brute``: the same model scoring every region (``prune=False``);
 - ``full_attention``: the same model with dense ``scaled_dot_product_attention``; skipped where
   the time predicted from the previous size (quadratic) exceeds ``--budget-s``.
 
@@ -18,7 +22,11 @@ with the same weights, on 1,024 sampled queries, for (a) these benchmark inputs 
 random-init weights, and (b) the distance-decaying attention of Theorem 3.1's assumption
 (logits ``-|p_i - p_j|² / 2`` on the lattice).
 
+Features are 8-cell blobs plus patch noise (``--noise``, 0.5 of the blob scale): with noisy
+patches neighbouring regions have alike key boxes and bounds prune little.
+
     python benchmarks/bench_attention.py [--sizes 2048 8192 32768 131072] [--device cpu]
+        [--variants ...] [--full-sizes 8192 32768] [--threads 1] [--noise 0.5]
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from querent.layers import pruning
 from querent.layers.query_aware import query_aware_attention
-from querent.layers.scorers import QuestScorer
+from querent.layers.regions import region_min_max
+from querent.layers.scorers import QuestScorer, quest_scores
 from querent.models import create_model
 
 HERE = Path(__file__).resolve().parent
@@ -45,8 +55,11 @@ IN_DIM, DIM, HEADS, REGION, TOP_K = 1024, 256, 4, 4, 8
 VARIANTS = {
     "querent fast": ("querent", {"selection": "region"}),
     "querent faithful": ("querent", {"selection": "patch"}),
+    "faithful quest": ("querent", {"selection": "patch", "scorer": "quest"}),
+    "faithful quest brute": ("querent", {"selection": "patch", "scorer": "quest"}),
     "full_attention": ("full_attention", {}),
 }
+NOISE = 0.5
 
 
 def disk_of_cells(n: int) -> torch.Tensor:
@@ -70,7 +83,7 @@ def smooth_features(cells: torch.Tensor, generator: torch.Generator) -> torch.Te
     for start in range(0, len(cells), 8192):
         part = slice(start, start + 8192)
         noise = torch.randn(len(blob[part]), IN_DIM, generator=generator)
-        features[part] = field[blob[part]] + 0.5 * noise
+        features[part] = field[blob[part]] + NOISE * noise
     return features
 
 
@@ -108,7 +121,7 @@ def layer_error(model, features, cells, rows) -> float:
     block = model.blocks[0]
     x = block.attention_norm(model.embed(features))
     attention = block.attention
-    out, _ = attention(x, model.layout(cells))
+    out, _ = attention(x, model.layout(cells, None))
     q, k, v = attention.split(x)
     exact = attention.merge(exact_attention(q, k, v, rows))
     return sampled_error(out[rows], exact)
@@ -134,7 +147,7 @@ def _decaying_qkv(cells: torch.Tensor):
 def decaying_error(model, cells, rows) -> float:
     """Error in Theorem 3.1's setting, with the model's regions, k and selection."""
     q, k, v = _decaying_qkv(cells)
-    layout = model.layout(cells)
+    layout = model.layout(cells, None)
     attention = model.blocks[0].attention
     out, _ = query_aware_attention(
         q,
@@ -150,6 +163,36 @@ def decaying_error(model, cells, rows) -> float:
     return sampled_error(out[rows], exact_attention(q, k, v, rows))
 
 
+@torch.no_grad()
+def check_selection(model, features, cells, generator) -> dict:
+    """Pruned top-k of the first block against scoring every region.
+
+    On 2 x 512 neighbouring queries (in region order, as attention runs them).
+
+    Returns the (query, head) rows whose sets differ, those of them that are not float ties
+    (the two sets' k-th scores within 1e-5 relative), and the chunks pruned / scored in full.
+    """
+    block = model.blocks[0]
+    x = block.attention_norm(model.embed(features))
+    q, k, _ = block.attention.split(x)
+    layout = model.layout(cells, None)
+    kmin, kmax = region_min_max(k, layout)
+    table = pruning.QuestTable.build(kmin, kmax, layout.region_cells)
+    ordered = q.index_select(0, layout.slots[layout.valid])
+    differ = not_ties = 0
+    for start in torch.randint(0, max(1, len(q) - 512), (2,), generator=generator).tolist():
+        part = ordered[start : start + 512]
+        _, picks = table.top_regions(part, TOP_K)
+        scores = quest_scores(part, kmin, kmax)
+        brute = scores.topk(TOP_K, dim=-1)
+        rows = (picks.sort(-1).values != brute.indices.sort(-1).values).any(-1)
+        differ += int(rows.sum())
+        kth = brute.values[..., -1]
+        picked_min = scores.gather(-1, picks).amin(-1)
+        not_ties += int((rows & ((kth - picked_min).abs() > 1e-5 * kth.abs())).sum())
+    return {"differ": differ, "not_ties": not_ties, **table.tries}
+
+
 def worker(variant: str, n: int, device: torch.device) -> dict:
     """Time one (variant, N) in this process; returns the measurements."""
     name, settings = VARIANTS[variant]
@@ -157,6 +200,9 @@ def worker(variant: str, n: int, device: torch.device) -> dict:
         settings = {**settings, "region_size": REGION, "top_k": TOP_K}
     torch.manual_seed(0)
     model = create_model(name, in_dim=IN_DIM, n_outputs=2, dim=DIM, heads=HEADS, **settings)
+    if variant.endswith("brute"):
+        for block in model.blocks:
+            block.attention.prune = False
     model.to(device)
     g = torch.Generator().manual_seed(0)
     warm_cells = disk_of_cells(2048)
@@ -187,9 +233,12 @@ def worker(variant: str, n: int, device: torch.device) -> dict:
     }
     if name == "querent":
         rows = torch.randperm(n, generator=g)[:1024].to(device)
-        result["regions"] = model.layout(cells).n_regions
+        result["regions"] = model.layout(cells, None).n_regions
         result["error_layer"] = layer_error(model, features, cells, rows)
         result["error_decaying"] = decaying_error(model.cpu(), cells.cpu(), rows.cpu())
+    if variant == "faithful quest":
+        result["selection_check"] = check_selection(model.cpu(), features.cpu(), cells.cpu(), g)
+        assert result["selection_check"]["not_ties"] == 0, result["selection_check"]
     return result
 
 
@@ -207,14 +256,17 @@ def expected_gflop(variant: str, n: int, regions: int) -> dict:
         step = 3 * (dense + attend)
     else:
         queries = regions if variant == "querent fast" else n
-        score = 4.0 * queries * regions * DIM
+        score = 4.0 * queries * regions * DIM  # scoring every region (pruning scores fewer)
         attend = 4.0 * n * TOP_K * slots * DIM
         step = 3 * dense + 4 * attend + score
     return {"score": score / 1e9, "attend": attend / 1e9, "train_step": step / 1e9}
 
 
-def run_worker(variant: str, n: int, device: str, timeout: float) -> dict:
-    command = [sys.executable, __file__, "--worker", variant, str(n), "--device", device]
+def run_worker(variant: str, n: int, args: argparse.Namespace, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--worker", variant, str(n), "--device", args.device]
+    command += ["--noise", str(args.noise)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         return {"variant": variant, "n": n, "failed": done.stderr.strip().splitlines()[-1:]}
@@ -233,7 +285,7 @@ def _cell(r: dict, full_s: dict) -> str:
 def print_table(results: list[dict], regions: dict) -> None:
     """The closing-note table: time, speed-up over full attention, memory, FLOP, error."""
     header = (
-        f"{'variant':17} {'N':>7} {'regions':>7} {'step s':>8} {'vs full':>8} {'peak GB':>8} "
+        f"{'variant':20} {'N':>7} {'regions':>7} {'step s':>8} {'vs full':>8} {'peak GB':>8} "
         f"{'GFLOP score':>11} {'GFLOP attend':>12} {'GFLOP step':>10} {'err layer':>9} "
         f"{'err thm':>8}"
     )
@@ -243,7 +295,7 @@ def print_table(results: list[dict], regions: dict) -> None:
     full_s = {r["n"]: r["seconds"] for r in done if r["variant"] == "full_attention"}
     for r in results:
         flop = r.get("expected_gflop", {})
-        line = f"{r['variant']:17} {r['n']:7d} {regions.get(r['n'], 0):7d} {_cell(r, full_s)} "
+        line = f"{r['variant']:20} {r['n']:7d} {regions.get(r['n'], 0):7d} {_cell(r, full_s)} "
         line += " ".join(
             f"{flop.get(key, 0):{width}.1f}"
             for key, width in (("score", 11), ("attend", 12), ("train_step", 10))
@@ -251,20 +303,36 @@ def print_table(results: list[dict], regions: dict) -> None:
         if "error_layer" in r:
             line += f" {r['error_layer']:9.3f} {r['error_decaying']:8.2e}"
         print(line)
-    fast = {r["n"]: r["seconds"] for r in done if r["variant"] == "querent fast"}
-    if 8192 in fast and 131072 in fast:
-        slope = math.log(fast[131072] / fast[8192]) / math.log(16)
-        print(f"\nquerent fast: log-log slope of time from 8k to 128k = {slope:.2f}")
+    print()
+    for variant in VARIANTS:
+        times = {r["n"]: r["seconds"] for r in done if r["variant"] == variant}
+        if len(times) >= 2:
+            low, high = min(times), max(times)
+            slope = math.log(times[high] / times[low]) / math.log(high / low)
+            print(f"{variant}: log-log slope of time from {low} to {high} = {slope:.2f}")
+    for r in done:
+        if "selection_check" in r:
+            print(f"faithful quest N={r['n']}: pruned vs all-region top-k {r['selection_check']}")
 
 
 def main() -> None:
+    global NOISE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 32768, 131072])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--budget-s", type=float, default=240, help="longest single run")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench_attention.json")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--full-sizes", type=int, nargs="+", help="sizes at which to run full_attention (all)"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--noise", type=float, default=NOISE, help="patch noise of features")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    NOISE = args.noise
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         variant, n = args.worker
         print(json.dumps(worker(variant, int(n), torch.device(args.device))))
@@ -272,13 +340,15 @@ def main() -> None:
 
     results, last_full = [], None
     for n in args.sizes:
-        for variant in VARIANTS:
+        for variant in args.variants:
+            if variant == "full_attention" and args.full_sizes and n not in args.full_sizes:
+                continue
             if variant == "full_attention" and last_full is not None:
                 predicted = last_full["seconds"] * (n / last_full["n"]) ** 2
                 if predicted > args.budget_s:
                     results.append({"variant": variant, "n": n, "skipped_predicted_s": predicted})
                     continue
-            result = run_worker(variant, n, args.device, timeout=4 * args.budget_s)
+            result = run_worker(variant, n, args, timeout=4 * args.budget_s)
             if variant == "full_attention" and "seconds" in result:
                 last_full = result
             results.append(result)
@@ -290,11 +360,13 @@ def main() -> None:
 
     print(
         f"\ndevice {args.device}, {torch.get_num_threads()} threads; in {IN_DIM}, dim {DIM}, "
-        f"{HEADS} heads, regions {REGION}x{REGION}, k={TOP_K}; one training step (fwd+bwd)\n"
+        f"{HEADS} heads, regions {REGION}x{REGION}, k={TOP_K}, feature noise {args.noise}; "
+        "one training step (fwd+bwd)\n"
     )
     print_table(results, regions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": args.device, "results": results}, indent=2))
+    settings = {"device": args.device, "threads": torch.get_num_threads(), "noise": args.noise}
+    args.out.write_text(json.dumps({**settings, "results": results}, indent=2))
     print(f"wrote {args.out}")
 
 

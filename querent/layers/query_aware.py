@@ -9,7 +9,8 @@ summary; the top k regions are kept and exact softmax attention runs over their 
 
 Two ways to select:
 
-- ``"patch"`` (the paper's): every patch picks its own k regions. Scoring costs ``n * r``.
+- ``"patch"`` (the paper's): every patch picks its own k regions. Scoring costs ``n * r``, or
+  less where the scorer bounds groups of regions (``quest``: :mod:`querent.layers.pruning`).
 - ``"region"`` (faster): the patches of one region share the k regions picked by their mean
   scoring query. Scoring costs ``r * r`` (``s²`` times less) and each region's queries attend
   as one dense block.
@@ -205,6 +206,7 @@ def _select(
     step: int,
     local: torch.Tensor | None,
     n_regions: int,
+    prune: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Regions of every group: its ``local`` ones, if any, then its top regions among the rest.
 
@@ -217,6 +219,8 @@ def _select(
             none), or None.
         n_regions: Regions of the slide; index ``n_regions`` is an empty region that stands
             for "no pick" where fewer than ``top`` regions are left to pick from.
+        prune: Find the top regions through ``scoring.top_regions`` where it exists (the same
+            picks without scoring every region; not combined with ``local``).
 
     Returns:
         (selected (h, g, l + top) region indices, bias (h, g, l + top) or None): the bias is
@@ -227,13 +231,16 @@ def _select(
     for start in range(0, len(group_queries), step):
         chunk = group_queries[start : start + step]
         with torch.no_grad():
-            scores = scoring.score_all(chunk)
-            if local is not None:
-                near = local[start : start + step].expand(scores.shape[0], -1, -1)
-                scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], 1)], dim=-1)
-                scores = scores.scatter(-1, near, -math.inf)
-            best = scores.topk(top, dim=-1)
-            picked = best.indices.masked_fill(best.values == -math.inf, n_regions)
+            if prune and local is None and scoring.top_regions is not None:
+                values, indices = scoring.top_regions(chunk, top)
+            else:
+                scores = scoring.score_all(chunk)
+                if local is not None:
+                    near = local[start : start + step].expand(scores.shape[0], -1, -1)
+                    scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], 1)], dim=-1)
+                    scores = scores.scatter(-1, near, -math.inf)
+                values, indices = scores.topk(top, dim=-1)
+            picked = indices.masked_fill(values == -math.inf, n_regions)
         if scoring.score_selected is not None:
             if torch.is_grad_enabled() and chunk.requires_grad:
                 score = checkpoint(
@@ -264,6 +271,7 @@ def query_aware_attention(
     selection: str = "patch",
     local: bool = False,
     chunk_size: int = 1024,
+    prune: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of every query over the keys of its top-k regions.
 
@@ -278,6 +286,9 @@ def query_aware_attention(
         local: Besides its top-k, every query attends to its own region and the 8 adjacent
             ones (ignored when ``top_k`` is None: all regions are attended anyway).
         chunk_size: Queries processed at once (bounds memory).
+        prune: With ``selection="patch"``, find each query's top k by bounding groups of
+            regions where the scorer can (``quest``; :mod:`querent.layers.pruning`): the same
+            regions as scoring them all. False scores every region.
 
     Returns:
         (outputs (n, h, dv), selected regions (h, n, k); -1 marks no region, where a query had
@@ -308,7 +319,8 @@ def query_aware_attention(
         groups = to_regions(q, layout)
         group_queries = region_mean(scoring.queries, layout)
         step, attend = max(1, chunk_size // n_slots), _attend_shared
-    selected, bias = _select(scoring, group_queries, top, step, near, n_regions)
+    prune = prune and selection == "patch"
+    selected, bias = _select(scoring, group_queries, top, step, near, n_regions, prune)
     blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
     out = _ChunkedAttention.apply(groups, keys, values, bias, blocks, block_valid, attend, step)
     selected = selected.masked_fill(selected == n_regions, -1)
@@ -375,6 +387,8 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         summary: Region summary the scorer reads (``minmax``, the paper's, or an ablation).
         local: Also attend to the query's own and adjacent regions, besides its top-k.
         chunk_size: Queries processed at once (bounds memory).
+        prune: Exact top-k by bounding groups of regions (``patch`` selection with the
+            ``quest`` scorer); False scores every region (same picks, for comparison).
     """
 
     def __init__(
@@ -389,6 +403,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         summary: str = "minmax",
         local: bool = False,
         chunk_size: int = 1024,
+        prune: bool = True,
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         if top_k is not None and top_k < 1:
@@ -398,7 +413,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.top_k, self.selection, self.chunk_size = top_k, selection, chunk_size
-        self.local = local
+        self.local, self.prune = local, prune
         self.scorer = make_scorer(
             scorer, dim=dim, heads=heads, head_dim=self.head_dim, summary=summary
         )
@@ -424,5 +439,6 @@ class QueryAwareSelfAttention(MultiHeadProjections):
             selection=self.selection,
             local=self.local,
             chunk_size=self.chunk_size,
+            prune=self.prune,
         )
         return self.merge(out), selected

@@ -24,6 +24,8 @@ class RegionLayout:
         region_of_patch: (n,) region of every patch.
         patch_slot: (n,) flat slot ``region * s + slot`` of every patch.
         neighbours: (r, 9) each region and its 8 adjacent regions, -1 where absent.
+        region_cells: (r, 2) (column, row) of every region on the region lattice, or None
+            where unknown (groups of adjacent regions, :mod:`querent.layers.pruning`, need it).
     """
 
     slots: torch.Tensor
@@ -31,6 +33,7 @@ class RegionLayout:
     region_of_patch: torch.Tensor
     patch_slot: torch.Tensor
     neighbours: torch.Tensor
+    region_cells: torch.Tensor | None = None
 
     @classmethod
     def from_grid(cls, grid: RegionGrid, device: torch.device | str | None = None) -> RegionLayout:
@@ -44,7 +47,8 @@ class RegionLayout:
         neighbours = torch.as_tensor(
             region_neighbours(grid.region_cells), dtype=torch.long, device=device
         )
-        return cls(slots, valid, region_of_patch, patch_slot, neighbours)
+        region_cells = torch.as_tensor(grid.region_cells, dtype=torch.long, device=device)
+        return cls(slots, valid, region_of_patch, patch_slot, neighbours, region_cells)
 
     @property
     def n_regions(self) -> int:

@@ -25,6 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from querent.layers.pruning import QuestTable
 from querent.layers.regions import SUMMARIES, RegionLayout, region_mean, region_summary
 
 
@@ -37,11 +38,15 @@ class Scoring:
         score_all: ``(c, h, e) -> (h, c, r)`` score of every region.
         score_selected: ``((c, h, e), (h, c, k) region indices) -> (h, c, k)`` differentiable
             scores of the selected regions; None for scorers without parameters.
+        top_regions: ``((c, h, e), k) -> (values, indices)``, each (h, c, k): the same top k
+            as ``score_all(...).topk(k)`` without scoring every region, where the scorer can
+            bound groups of regions (:mod:`querent.layers.pruning`); None otherwise.
     """
 
     queries: torch.Tensor
     score_all: Callable[[torch.Tensor], torch.Tensor]
     score_selected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    top_regions: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class RegionScorer(nn.Module):
@@ -97,11 +102,17 @@ class QuestScorer(RegionScorer):
 
     With a summary other than ``minmax`` the bound is taken over the summary's (low, high)
     box instead (no longer a bound: the paper's summary ablation).
+
+    Scores are monotone in the box, so a group of adjacent regions bounds its members and the
+    top k regions are found exactly without scoring them all (``top_regions``, needs the
+    layout's ``region_cells``).
     """
 
     def prepare(self, x, q, k, layout):  # noqa: D102
         kmin, kmax = region_summary(k.detach(), layout, self.summary)
-        return Scoring(q.detach(), lambda queries: quest_scores(queries, kmin, kmax))
+        table = QuestTable.build(kmin, kmax, layout.region_cells)
+        top_regions = None if layout.region_cells is None else table.top_regions
+        return Scoring(q.detach(), table.scores, top_regions=top_regions)
 
 
 class MeanScorer(RegionScorer):
