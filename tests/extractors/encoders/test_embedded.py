@@ -18,7 +18,7 @@ def lite0():
 def test_weights_are_the_real_pretrained_ones(lite0):
     photo = cv2.resize(data.coffee(), (224, 224), interpolation=cv2.INTER_AREA)
     images = torch.from_numpy(photo).permute(2, 0, 1)[None]
-    normalised = (images.float() - lite0.mean) / lite0.std
+    normalised = lite0.normalise(images)
     with torch.inference_mode():
         probabilities = lite0.model(normalised).softmax(-1)[0]
     assert int(probabilities.argmax()) == ESPRESSO
