@@ -279,6 +279,8 @@ def train_fold(
             "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f",
             epoch, train_loss, val_loss, task.main_metric, val_metric,
         )  # fmt: skip
+    # again here: a run killed after its last epoch resumes with no epoch left to write it
+    _write_history(history, out_dir / "history.csv")
     best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
     record = provenance(config, cohort.source)
     model_path = out_dir / "model.pt"

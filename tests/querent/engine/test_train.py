@@ -17,6 +17,7 @@ import torch
 from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import CohortSettings, read_cohort
 from querent.data.splits import SplitSettings, fold_slides, make_splits
+from querent.engine import checkpoint
 from querent.engine.evaluate import evaluate_fold, load_model, predict_slides
 from querent.engine.experiment import match_features
 from querent.engine.runs import model_run
@@ -107,6 +108,30 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_cohort, tmp_path, a
         .drop(columns="seconds")
         .equals(pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds"))
     )
+
+
+def test_a_run_killed_after_its_last_epoch_writes_every_output(
+    synthetic_cohort, tmp_path, monkeypatch
+):
+    whole = _train(synthetic_cohort, tmp_path / "whole", epochs=3)
+    save = checkpoint.save
+
+    def killed_at_the_model(state, path):
+        if Path(path).name == "model.pt":
+            raise SystemExit("killed")
+        save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save", killed_at_the_model)
+    with pytest.raises(SystemExit):
+        _train(synthetic_cohort, tmp_path / "killed", epochs=3)
+    monkeypatch.undo()
+    out = tmp_path / "killed"
+    assert (out / "resume.pt").exists()
+    (out / "history.csv").unlink()  # Snakemake removes a rerun job's outputs first
+    resumed = _train(synthetic_cohort, out, epochs=3)
+    assert resumed.read_bytes() == whole.read_bytes()
+    expected = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
+    assert pd.read_csv(out / "history.csv").drop(columns="seconds").equals(expected)
 
 
 def test_a_resume_file_of_other_settings_is_not_continued(synthetic_cohort, tmp_path, caplog):
