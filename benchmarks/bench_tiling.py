@@ -145,18 +145,9 @@ def baseline_pipeline_seconds(path: Path, params: TissueParams, out: Path) -> di
     start = time.perf_counter()
     with Slide(path) as slide:
         slide.read_region = slide._read_region_pil  # the PIL path the baseline read through
-        thumbnail = slide.read_at_mpp(tissue.thumbnail_mpp(slide, params))
+        thumbnail, seg_image, scale = tissue.read_for_segmentation(slide, params)
         width, height = slide.dimensions
-        seg_size = (
-            max(1, round(width * slide.mpp / params.seg_mpp)),
-            max(1, round(height * slide.mpp / params.seg_mpp)),
-        )
-        seg_image = thumbnail
-        if (thumbnail.shape[1], thumbnail.shape[0]) != seg_size:
-            seg_image = cv2.resize(thumbnail, seg_size, interpolation=cv2.INTER_AREA)
-        polygons = tissue.mask_to_polygons(
-            _baseline_mask(seg_image, params), params, (width / seg_size[0], height / seg_size[1])
-        )
+        polygons = tissue.mask_to_polygons(_baseline_mask(seg_image, params), params, scale)
         tissue.write_geojson(out / "b.geojson", polygons, slide_id=slide.slide_id)
         _baseline_png(out / "b_tissue_qc.png", _baseline_qc(thumbnail, (width, height), polygons))
         tiling_params = tiling.TilingParams()

@@ -236,13 +236,10 @@ def thumbnail_mpp(slide: Slide, params: TissueParams) -> float:
     return max(slide.mpp, min(params.seg_mpp, qc_mpp(slide)))
 
 
-def segment(slide: Slide, params: TissueParams) -> Segmentation:
-    """Segment the tissue of a slide.
-
-    Reads one bounded thumbnail (never level 0 whole for a pyramidal slide), segments it at
-    ``params.seg_mpp`` and returns level-0 polygons, with the thumbnail shrunk once to QC size
-    (:func:`fit_qc_size`) for every picture drawn from it.
-    """
+def read_for_segmentation(
+    slide: Slide, params: TissueParams
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """(thumbnail, the image segmented at ``params.seg_mpp``, level-0 pixels per its pixel)."""
     thumbnail = slide.read_at_mpp(thumbnail_mpp(slide, params))
     width, height = slide.dimensions
     seg_size = (
@@ -252,8 +249,19 @@ def segment(slide: Slide, params: TissueParams) -> Segmentation:
     seg_image = thumbnail
     if (thumbnail.shape[1], thumbnail.shape[0]) != seg_size:
         seg_image = cv2.resize(thumbnail, seg_size, interpolation=cv2.INTER_AREA)
-    mask = tissue_mask(seg_image, params)
-    polygons = mask_to_polygons(mask, params, (width / seg_size[0], height / seg_size[1]))
+    return thumbnail, seg_image, (width / seg_size[0], height / seg_size[1])
+
+
+def segment(slide: Slide, params: TissueParams) -> Segmentation:
+    """Segment the tissue of a slide.
+
+    Reads one bounded thumbnail (never level 0 whole for a pyramidal slide), segments it at
+    ``params.seg_mpp`` and returns level-0 polygons, with the thumbnail shrunk once to QC size
+    (:func:`fit_qc_size`) for every picture drawn from it.
+    """
+    thumbnail, seg_image, scale = read_for_segmentation(slide, params)
+    width, height = slide.dimensions
+    polygons = mask_to_polygons(tissue_mask(seg_image, params), params, scale)
     area_px = sum(
         polygon_area(p.exterior) - sum(polygon_area(h) for h in p.holes) for p in polygons
     )
