@@ -59,7 +59,7 @@ def bench_slide() -> tuple[Path, Path]:
         with Slide(slide_path) as slide:
             polygons = tissue.segment(slide, tissue.tissue_params()).polygons
             tiling.tile_slide(
-                slide, polygons, tiling.TilingParams(), coords_path, CACHE / "extract_qc.png"
+                slide, polygons, tiling.TilingParams(), coords_path, CACHE / "extract_qc.jpg"
             )
     return slide_path, coords_path
 

@@ -67,13 +67,13 @@ def pipeline_seconds(path: Path, params: tissue.TissueParams, out: Path) -> dict
     """Open, segment, tile, and write GeoJSON, coords and both QC pictures, as ``querent tile``."""
     start = time.perf_counter()
     with Slide(path) as slide:
-        result = tissue.segment_slide(slide, params, out / "t.geojson", out / "t_tissue_qc.png")
+        result = tissue.segment_slide(slide, params, out / "t.geojson", out / "t_tissue_qc.jpg")
         coords, lattice = tiling.tile_slide(
             slide,
             result.polygons,
             tiling.TilingParams(),
             out / "t.h5",
-            out / "t_qc.png",
+            out / "t_qc.jpg",
             result.thumbnail,
         )
         total = time.perf_counter() - start

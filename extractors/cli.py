@@ -79,16 +79,16 @@ def _tissue_params(args: argparse.Namespace) -> tissue.TissueParams:
 
 
 #: Suffix of the tissue QC picture (outlines only) in a CLI output folder. The workflow writes
-#: it to results/tissue/{slide}_qc.png; in one CLI folder it sits beside the tiling picture
-#: DIR/{slide}_qc.png (results/coords/{slide}_qc.png), so it needs its own name.
-TISSUE_QC_SUFFIX = "_tissue_qc.png"
+#: it to results/tissue/{slide}_qc.jpg; in one CLI folder it sits beside the tiling picture
+#: DIR/{slide}_qc.jpg (results/coords/{slide}_qc.jpg), so it needs its own name.
+TISSUE_QC_SUFFIX = "_tissue_qc.jpg"
 
 
 def run_segment(args: argparse.Namespace) -> None:
-    """Segment one slide: DIR/{slide_id}.geojson, _tissue_qc.png and thumbnail .jpg (+ .json).
+    """Segment one slide: DIR/{slide_id}.geojson, _tissue_qc.jpg and thumbnail .jpg (+ .json).
 
-    The picture is the workflow's results/tissue/{slide}_qc.png; named apart from the tiling
-    picture DIR/{slide_id}_qc.png, so `querent tile` into the same folder keeps both.
+    The picture is the workflow's results/tissue/{slide}_qc.jpg; named apart from the tiling
+    picture DIR/{slide_id}_qc.jpg, so `querent tile` into the same folder keeps both.
     """
     with _open(args) as slide:
         out = args.out_dir / slide.slide_id
@@ -104,12 +104,12 @@ def run_segment(args: argparse.Namespace) -> None:
 
 
 def run_tile(args: argparse.Namespace) -> None:
-    """Tile one slide: DIR/{slide_id}.h5 and DIR/{slide_id}_qc.png (tissue and patches).
+    """Tile one slide: DIR/{slide_id}.h5 and DIR/{slide_id}_qc.jpg (tissue and patches).
 
     Without --tissue the slide is segmented first, which adds DIR/{slide_id}.geojson and
-    DIR/{slide_id}_tissue_qc.png (outlines only), as `querent segment` writes them. In the
-    workflow the two pictures are results/coords/{slide}_qc.png and
-    results/tissue/{slide}_qc.png.
+    DIR/{slide_id}_tissue_qc.jpg (outlines only), as `querent segment` writes them. In the
+    workflow the two pictures are results/coords/{slide}_qc.jpg and
+    results/tissue/{slide}_qc.jpg.
     """
     params = tiling.TilingParams(**options_from_args(args, tiling.TilingParams))
     with _open(args) as slide:
@@ -123,7 +123,7 @@ def run_tile(args: argparse.Namespace) -> None:
             )
             polygons, thumbnail = result.polygons, result.thumbnail
         coords, _ = tiling.tile_slide(
-            slide, polygons, params, f"{out}.h5", f"{out}_qc.png", thumbnail
+            slide, polygons, params, f"{out}.h5", f"{out}_qc.jpg", thumbnail
         )
     print(f"{out}.h5\t{len(coords)} patches")
 

@@ -19,8 +19,8 @@ def test_tile_writes_coords_geojson_and_qc(cmu_slide, tmp_path, capsys):
     assert names == [
         "cmu-1-small-region.geojson",
         "cmu-1-small-region.h5",
-        "cmu-1-small-region_qc.png",
-        "cmu-1-small-region_tissue_qc.png",
+        "cmu-1-small-region_qc.jpg",
+        "cmu-1-small-region_tissue_qc.jpg",
     ]
     with h5py.File(tmp_path / "cmu-1-small-region.h5") as h5:
         assert h5["coords"].shape[0] > 0
@@ -38,8 +38,8 @@ def test_version_is_the_installed_distributions():
 
 def test_tile_without_tissue_keeps_the_tissue_and_the_tiling_picture(cmu_slide, tmp_path):
     assert main(["tile", str(cmu_slide), "-o", str(tmp_path / "tile")]) == 0
-    tiled = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_qc.png"))
-    segmented = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_tissue_qc.png"))
+    tiled = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_qc.jpg"))
+    segmented = cv2.imread(str(tmp_path / "tile/cmu-1-small-region_tissue_qc.jpg"))
     assert tiled is not None and segmented is not None and tiled.shape == segmented.shape
     assert (tiled != segmented).any(axis=2).mean() > 0.01  # patches are drawn on one only
 
@@ -49,13 +49,13 @@ def test_tile_without_tissue_keeps_the_tissue_and_the_tiling_picture(cmu_slide, 
     assert main(["segment", str(cmu_slide), "-o", str(out)]) == 0
     geojson = str(out / "cmu-1-small-region.geojson")
     assert main(["tile", str(cmu_slide), "-o", str(out), "--tissue", geojson]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == [
-        "cmu-1-small-region_qc.png",
-        "cmu-1-small-region_tissue_qc.png",
+    assert sorted(p.name for p in out.glob("*_qc.jpg")) == [
+        "cmu-1-small-region_qc.jpg",
+        "cmu-1-small-region_tissue_qc.jpg",
     ]
-    alone = cv2.imread(str(out / "cmu-1-small-region_tissue_qc.png"))
+    alone = cv2.imread(str(out / "cmu-1-small-region_tissue_qc.jpg"))
     np.testing.assert_array_equal(segmented, alone)
-    tiled_again = cv2.imread(str(out / "cmu-1-small-region_qc.png"))
+    tiled_again = cv2.imread(str(out / "cmu-1-small-region_qc.jpg"))
     assert (tiled_again != alone).any(axis=2).mean() > 0.01
 
 

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,8 @@ _DIRECT_READ = (
     and hasattr(getattr(lowlevel, "_convert", None), "argb2rgba")
 )
 _OPAQUE = np.uint32(0xFF000000)
+#: OpenSlide's default tile cache of a slide handle (32 MiB), restored after a whole-level read.
+_TILE_CACHE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -330,10 +334,17 @@ class Slide:
             uint8 RGB array whose size is the level-0 size scaled by ``self.mpp / mpp``.
         """
         choice = self.pick_level(max(mpp, self.mpp))
-        level_w, level_h = self.level_dimensions[choice.level]
         out_w = max(1, round(self.dimensions[0] * self.mpp / mpp))
         out_h = max(1, round(self.dimensions[1] * self.mpp / mpp))
         out = np.empty((out_h, out_w, 3), np.uint8)
+        with self._tile_cache(0):
+            self._read_chunks(choice, out)
+        return out
+
+    def _read_chunks(self, choice: LevelChoice, out: np.ndarray) -> None:
+        """Fill ``out`` with the whole of level ``choice.level``, chunk by chunk, resized."""
+        level_w, level_h = self.level_dimensions[choice.level]
+        out_h, out_w = out.shape[:2]
         for y0 in range(0, level_h, READ_CHUNK):
             y1 = min(y0 + READ_CHUNK, level_h)
             ty0, ty1 = round(y0 * out_h / level_h), round(y1 * out_h / level_h)
@@ -347,7 +358,25 @@ class Slide:
                 if chunk.shape[:2] != (ty1 - ty0, tx1 - tx0):
                     chunk = cv2.resize(chunk, (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_AREA)
                 out[ty0:ty1, tx0:tx1] = chunk
-        return out
+
+    @contextmanager
+    def _tile_cache(self, capacity: int) -> Iterator[None]:
+        """Use a tile cache of ``capacity`` bytes inside the block, OpenSlide's default after.
+
+        A whole-level read decodes each tile once: caching the tiles only costs (~15% of the
+        read) and leaves the cache full of tiles no patch read wants.
+        """
+        try:
+            self._osr.set_cache(openslide.OpenSlideCache(capacity))
+        except (AttributeError, openslide.OpenSlideError):  # OpenSlide < 4: no cache API
+            swapped = False
+        else:
+            swapped = True
+        try:
+            yield
+        finally:
+            if swapped:
+                self._osr.set_cache(openslide.OpenSlideCache(_TILE_CACHE_BYTES))
 
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from extractors.wsi.tissue import QC_MAX_SIDE, TissueParams
 
 #: Memory of the process before it reads anything (Python, numpy, OpenCV, OpenSlide), MB.
 BASE_MB = 600
-#: Copies of the thumbnail held at once by segmentation or tiling (RGB, HSV, masks, QC, PNG).
+#: Copies of the thumbnail held at once by segmentation or tiling (RGB, HSV, masks, QC, JPEG).
 THUMBNAIL_COPIES = 8
 #: What a slide whose header cannot be read gets (its job fails with the reason anyway).
 FALLBACK_MB = 4000

@@ -21,7 +21,7 @@ import numpy as np
 from extractors import io
 from extractors.errors import SettingsError
 from extractors.wsi.reader import Slide
-from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_png, write_preview
+from extractors.wsi.tissue import TissuePolygon, draw_qc, qc_mpp, write_jpeg, write_preview
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def tile_slide(
         polygons: Its tissue polygons in level-0 pixels.
         params: Tiling settings.
         coords_path: Output coords HDF5.
-        qc_path: Output QC PNG (tissue outlines, holes and kept patches).
+        qc_path: Output QC JPEG (tissue outlines, holes and kept patches).
         thumbnail: A whole-slide thumbnail to draw on; read at QC resolution if None.
         preview_path: Output JPEG of the same picture at report size
             (:func:`~extractors.wsi.tissue.write_preview`), or None for none.
@@ -264,7 +264,7 @@ def tile_slide(
     if thumbnail is None:
         thumbnail = slide.read_at_mpp(qc_mpp(slide))
     picture = draw_qc(thumbnail, slide.dimensions, polygons, coords, lattice.patch_size_level0)
-    write_png(qc_path, picture)
+    write_jpeg(qc_path, picture)
     if preview_path is not None:
         write_preview(preview_path, picture)
     return coords, lattice

@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 #: The QC picture's longest side in pixels (the thumbnail is read fine enough for it).
 QC_MAX_SIDE = 2048
-#: Longest side of a QC picture's report preview: a JPEG of ~100-200 kB instead of a 2-3 MB
-#: PNG, so an HTML report (which embeds every picture) stays small.
+#: Longest side of a QC picture's report preview: a JPEG of ~100-200 kB instead of the
+#: 0.4-0.7 MB full picture, so an HTML report (which embeds every picture) stays small.
 PREVIEW_MAX_SIDE = 1024
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 200, 0]}
+#: Outline colour of kept patches in the tiling QC picture (RGB, drawn at 80% opacity).
+PATCH_COLOUR = (255, 160, 0)
 
 
 @dataclass(frozen=True)
@@ -352,23 +354,27 @@ def draw_qc(
     coords: np.ndarray | None = None,
     patch_size_level0: int | None = None,
 ) -> np.ndarray:
-    """Draw tissue outlines (green), holes (blue) and patches (yellow) on a thumbnail.
+    """Draw tissue outlines (green), holes (blue) and patches (orange) on a thumbnail.
 
     Returns:
         RGB uint8 picture with at most :data:`QC_MAX_SIDE` pixels per side.
     """
-    picture = np.ascontiguousarray(fit_qc_size(thumbnail))
+    picture = np.array(fit_qc_size(thumbnail), order="C")  # a copy: never draw on the input
     scale = np.array([picture.shape[1] / level0_size[0], picture.shape[0] / level0_size[1]])
     thickness = max(1, round(max(picture.shape[:2]) / 700))
     if coords is not None and len(coords):
         corners = np.round(coords * scale).astype(np.int32)
         extent = np.round(patch_size_level0 * scale).astype(np.int32)
-        overlay = picture.copy()
-        # one call for all patches: cv2.rectangle draws this same closed polyline
         offsets = np.array([[0, 0], [extent[0], 0], extent, [0, extent[1]]], np.int32)
-        outlines = list(corners[:, None, :] + offsets)
-        cv2.polylines(overlay, outlines, True, (255, 160, 0), thickness)
-        picture = cv2.addWeighted(overlay, 0.8, picture, 0.2, 0)
+        # One-pixel outlines widened by a square: ~5x faster than thick polylines (their
+        # corners come out square rather than round).
+        outline = np.zeros(picture.shape[:2], np.uint8)
+        cv2.polylines(outline, list(corners[:, None, :] + offsets), True, 255, 1)
+        if thickness > 1:
+            outline = cv2.dilate(outline, np.ones((thickness, thickness), np.uint8))
+        colour = cv2.merge([np.full(outline.shape, c, np.uint8) for c in PATCH_COLOUR])
+        tinted = cv2.addWeighted(colour, 0.8, picture, 0.2, 0)
+        cv2.copyTo(tinted, outline, picture)
     for polygon in polygons:
         rings = [np.round(r * scale).astype(np.int32) for r in polygon.rings()]
         cv2.polylines(picture, rings[:1], True, (0, 200, 0), thickness)
@@ -376,17 +382,12 @@ def draw_qc(
     return picture
 
 
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB picture as PNG (atomic)."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
-
-
 def write_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 90) -> None:
-    """Write an RGB picture as JPEG (atomic)."""
+    """Write an RGB picture as JPEG (atomic).
+
+    QC pictures are JPEG, as CLAM's masks and TRIDENT's contour pictures: for a photo-like
+    thumbnail a PNG takes ~8x longer to encode (~45 ms at 2048 px) and is ~5x larger.
+    """
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -442,5 +443,5 @@ def segment_slide(
         tissue_area_um2=result.tissue_area_um2,
         params=dataclasses.asdict(params),
     )
-    write_png(qc_path, draw_qc(result.thumbnail, result.level0_size, result.polygons))
+    write_jpeg(qc_path, draw_qc(result.thumbnail, result.level0_size, result.polygons))
     return result

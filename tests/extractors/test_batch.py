@@ -42,7 +42,7 @@ def tiled(tmp_path_factory):
         with Slide(path) as slide:
             polygons = tissue.segment(slide, tissue.tissue_params()).polygons
             params = tiling.TilingParams(min_tissue_fraction=0.9)
-            tiling.tile_slide(slide, polygons, params, out / "all.h5", out / "qc.png")
+            tiling.tile_slide(slide, polygons, params, out / "all.h5", out / "qc.jpg")
             keep_rows(out / "all.h5", out / f"{slide.slide_id}.h5", slice(0, PATCHES))
             slides[slide.slide_id] = (path, out / f"{slide.slide_id}.h5")
     return slides

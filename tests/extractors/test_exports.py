@@ -57,7 +57,7 @@ def _tile(slide_path, out_dir, **params):
     with Slide(slide_path) as slide:
         polygons = tissue.segment(slide, tissue.tissue_params()).polygons
         tiling.tile_slide(
-            slide, polygons, tiling.TilingParams(**params), out_dir / "c.h5", out_dir / "c.png"
+            slide, polygons, tiling.TilingParams(**params), out_dir / "c.h5", out_dir / "c_qc.jpg"
         )
     return out_dir / "c.h5"
 

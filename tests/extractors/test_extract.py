@@ -27,7 +27,7 @@ def cmu_coords(tmp_path_factory):
     out = tmp_path_factory.mktemp("coords")
     with Slide(path) as slide:
         polygons = tissue.segment(slide, tissue.tissue_params()).polygons
-        tiling.tile_slide(slide, polygons, tiling.TilingParams(), out / "c.h5", out / "c.png")
+        tiling.tile_slide(slide, polygons, tiling.TilingParams(), out / "c.h5", out / "c_qc.jpg")
     return path, out / "c.h5"
 
 
@@ -128,7 +128,7 @@ def test_resolution_mismatch_is_refused_unless_allowed(lite0, cmu_3level_slide, 
             polygons,
             tiling.TilingParams(target_mpp=1.0),
             tmp_path / "c.h5",
-            tmp_path / "c.png",
+            tmp_path / "c_qc.jpg",
         )
     with pytest.raises(SettingsError, match="allow_mpp_mismatch"):
         extract_slide(cmu_3level_slide, tmp_path / "c.h5", lite0, tmp_path / "f.h5")
@@ -141,7 +141,9 @@ def test_resolution_mismatch_is_refused_unless_allowed(lite0, cmu_3level_slide, 
 
 def test_tissue_free_slide_gives_a_valid_empty_file(lite0, blank_slide, tmp_path):
     with Slide(blank_slide) as slide:
-        tiling.tile_slide(slide, [], tiling.TilingParams(), tmp_path / "c.h5", tmp_path / "c.png")
+        tiling.tile_slide(
+            slide, [], tiling.TilingParams(), tmp_path / "c.h5", tmp_path / "c_qc.jpg"
+        )
     assert extract_slide(blank_slide, tmp_path / "c.h5", lite0, tmp_path / "f.h5") == 0
     features, coords, attrs, _ = _read(tmp_path / "f.h5")
     assert features.shape == (0, 1280) and coords.shape == (0, 2)

@@ -10,7 +10,7 @@ def test_patch_images_are_the_tiled_patches_at_the_target_size(cmu_3level_slide,
     with Slide(cmu_3level_slide) as slide:
         polygons = tissue.segment(slide, tissue.tissue_params()).polygons
         params = tiling.TilingParams(target_mpp=1.5, patch_size=128)  # level 1, resized
-        tiling.tile_slide(slide, polygons, params, tmp_path / "c.h5", tmp_path / "c.png")
+        tiling.tile_slide(slide, polygons, params, tmp_path / "c.h5", tmp_path / "c_qc.jpg")
         coords, attrs = read_coords(tmp_path / "c.h5")
         images = read_patch_images(slide, coords[:3], attrs)
         first = slide.read_region(tuple(int(c) for c in coords[0]), 1, (attrs["read_size"],) * 2)

@@ -187,7 +187,7 @@ def test_report_renders_in_a_browser(tiny_run, tmp_path):
     assert _embedded(dom, "roc.png") and _embedded(dom, "_top_patches.jpg")
     previews = _embedded(dom, "_qc_preview.jpg")
     assert len(previews) == 4 and all(jpg.startswith(b"\xff\xd8") for jpg in previews)
-    assert not _embedded(dom, "_qc.png")  # full-size QC pictures stay in results/coords/
+    assert not _embedded(dom, "_qc.jpg")  # full-size QC pictures stay in results/coords/
 
 
 def test_own_feature_files_train_without_slides(tmp_path, synthetic_cohort):

@@ -434,7 +434,7 @@ def demo_label(wildcards):
 def feature_outputs():
     """Per-slide outputs up to features and region grids (target rule ``features_only``)."""
     per_slide = [
-        "results/coords/{slide}_qc.png",
+        "results/coords/{slide}_qc.jpg",
         "results/features/{encoder}/{slide}.h5",
         "results/grids/r{region_size}/{slide}.h5",
     ]

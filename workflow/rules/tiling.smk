@@ -3,7 +3,7 @@ rule segment_tissue:
         slide=slide_path,
     output:
         geojson="results/tissue/{slide}.geojson",
-        qc="results/tissue/{slide}_qc.png",
+        qc="results/tissue/{slide}_qc.jpg",
         thumbnail="results/thumbnails/{slide}.jpg",
         scale="results/thumbnails/{slide}.json",
     params:
@@ -29,7 +29,7 @@ rule tile_slide:
         tissue="results/tissue/{slide}.geojson",
     output:
         coords="results/coords/{slide}.h5",
-        qc="results/coords/{slide}_qc.png",
+        qc="results/coords/{slide}_qc.jpg",
         preview=report(
             "results/coords/{slide}_qc_preview.jpg",
             caption="../report/tiling_qc.rst",

@@ -91,7 +91,7 @@ def main() -> None:
             with Slide(path, **slide_kwargs) as slide:
                 polygons = tissue.segment(slide, tissue.tissue_params()).polygons
                 tiling.tile_slide(
-                    slide, polygons, tiling.TilingParams(**params), tmp / "all.h5", tmp / "q.png"
+                    slide, polygons, tiling.TilingParams(**params), tmp / "all.h5", tmp / "q.jpg"
                 )
             coords, attrs = read_coords(tmp / "all.h5")
             chosen = coords[pick(coords, int(attrs["step_level0"]))]

@@ -25,7 +25,7 @@ def _tile_file(slide_path, tmp_path, **params):
     with Slide(slide_path) as slide:
         polygons = tissue.segment(slide, tissue.tissue_params()).polygons
         tiling.tile_slide(
-            slide, polygons, tiling.TilingParams(**params), tmp_path / "c.h5", tmp_path / "c.png"
+            slide, polygons, tiling.TilingParams(**params), tmp_path / "c.h5", tmp_path / "c_qc.jpg"
         )
     return read_coords(tmp_path / "c.h5")
 
@@ -40,7 +40,7 @@ def test_cmu_patches_lie_on_the_lattice(cmu_slide, tmp_path):
     assert len(np.unique(coords, axis=0)) == len(coords)
     with h5py.File(tmp_path / "c.h5") as h5:
         assert (h5["tissue_fraction"][:] >= 0.25).all()
-    assert cv2.imread(str(tmp_path / "c.png")) is not None
+    assert cv2.imread(str(tmp_path / "c_qc.jpg")) is not None
 
 
 def test_coords_attrs_serve_trident_and_clam(cmu_slide, tmp_path):
@@ -114,7 +114,9 @@ def test_failed_write_leaves_no_file(cmu_slide, tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "create_dataset", broken)
     with Slide(cmu_slide) as slide, pytest.raises(OSError):
-        tiling.tile_slide(slide, [], tiling.TilingParams(), tmp_path / "c.h5", tmp_path / "c.png")
+        tiling.tile_slide(
+            slide, [], tiling.TilingParams(), tmp_path / "c.h5", tmp_path / "c_qc.jpg"
+        )
     assert list(tmp_path.iterdir()) == []
 
 

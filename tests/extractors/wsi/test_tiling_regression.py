@@ -78,18 +78,18 @@ def test_written_files_carry_the_reference_coords(cmu_slide, tmp_path):
 
     with Slide(cmu_slide) as slide:
         result = tissue.segment_slide(
-            slide, tissue.tissue_params(), tmp_path / "t.geojson", tmp_path / "t_tissue_qc.png"
+            slide, tissue.tissue_params(), tmp_path / "t.geojson", tmp_path / "t_tissue_qc.jpg"
         )
         tiling.tile_slide(
             slide,
             tissue.read_geojson(tmp_path / "t.geojson"),
             tiling.TilingParams(),
             tmp_path / "t.h5",
-            tmp_path / "t_qc.png",
+            tmp_path / "t_qc.jpg",
             result.thumbnail,
         )
     coords, _ = read_coords(tmp_path / "t.h5")
     np.testing.assert_array_equal(coords, np.load(REFERENCE / "cmu.coords.npy"))
-    for name in ("t_tissue_qc.png", "t_qc.png"):
+    for name in ("t_tissue_qc.jpg", "t_qc.jpg"):
         picture = cv2.imread(str(tmp_path / name))
         assert max(picture.shape[:2]) == tissue.QC_MAX_SIDE

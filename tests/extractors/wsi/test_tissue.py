@@ -107,12 +107,12 @@ def test_pen_filter_removes_ink(tmp_path):
 def test_tissue_free_slide_gives_empty_valid_outputs(tmp_path, blank_slide):
     with Slide(blank_slide) as slide:
         result = tissue.segment_slide(
-            slide, tissue.tissue_params(), tmp_path / "b.geojson", tmp_path / "b.png"
+            slide, tissue.tissue_params(), tmp_path / "b.geojson", tmp_path / "b_qc.jpg"
         )
     assert result.polygons == []
     data = json.loads((tmp_path / "b.geojson").read_text())
     assert data["type"] == "FeatureCollection" and data["features"] == []
-    assert cv2.imread(str(tmp_path / "b.png")) is not None
+    assert cv2.imread(str(tmp_path / "b_qc.jpg")) is not None
 
 
 def test_geojson_is_qupath_style_and_round_trips(tmp_path):
@@ -157,7 +157,7 @@ def test_unknown_preset_or_setting_lists_valid_ones():
 def test_the_segmentation_thumbnail_is_saved_with_its_scale(tmp_path, cmu_3level_slide):
     with Slide(cmu_3level_slide) as slide:
         result = tissue.segment_slide(
-            slide, tissue.tissue_params(), tmp_path / "t.geojson", tmp_path / "t_qc.png",
+            slide, tissue.tissue_params(), tmp_path / "t.geojson", tmp_path / "t_qc.jpg",
             tmp_path / "thumbs" / "t.jpg",
         )  # fmt: skip
         level0 = slide.dimensions
