@@ -7,9 +7,11 @@ and 128k patches on a disk of tissue. Variants:
 - ``querent fast``: regions share a selection (``selection="region"``);
 - ``querent faithful``: every patch selects its own regions (the paper's), learned scorer;
 - ``faithful quest``: per-patch selection with the ``quest`` scorer, whose exact top k is found
-  by bounding 2 x 2 groups of regions (:mod:`querent.layers.pruning`); its selections are
-  checked against scoring every region on two runs of 512 neighbouring queries;
-- ``faithful quest brute``: the same model scoring every region (``prune=False``);
+  by bounding 2 x 2 groups of regions or, where bounds cannot prune, by scoring every region
+  into reused buffers and ranking groups of regions first (:mod:`querent.layers.pruning`); its
+  selections are checked against scoring every region on two runs of 512 neighbouring queries;
+- ``faithful quest brute``: the same model scoring every region with one matmul and one
+  ``topk`` per chunk (``prune=False``);
 - ``full_attention``: the same model with dense ``scaled_dot_product_attention``; skipped where
   the time predicted from the previous size (quadratic) exceeds ``--budget-s``.
 

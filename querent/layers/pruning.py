@@ -1,4 +1,4 @@
-"""Exact top-k regions under the Quest bound without scoring every region (branch and bound).
+"""Exact top-k regions under the Quest bound: branch and bound, or a lean full scoring.
 
 Axes: ``c`` queries in a chunk, ``h`` heads, ``d`` head features, ``e = 2d`` signed features,
 ``r`` regions, ``R`` super-regions, ``u`` regions per super-region (``group²``), ``b`` query
@@ -17,8 +17,16 @@ of its members' boxes, so its score bounds the score of every member. Per chunk 
    in the query's top k and cannot tie its k-th score;
 4. top k over the scored candidates.
 
-When step 3 would still score most regions (keys whose regions differ little, e.g. noisy
-features), the chunk falls back to scoring every region: the bounds then cost ``1 / u`` extra.
+When step 3 would still score more than :data:`MAX_FRACTION` of the regions (keys whose regions
+differ little, e.g. noisy features), the chunk scores every region instead, still exactly and
+at close to matmul speed: scores go region-major into a buffer reused across chunks (fresh
+(h, c, r) tensors cost page faults), and ``topk`` (slow per element on CPU) runs only over the
+maxima of groups of :data:`SPAN` regions and the members of the best groups. After two such
+fallbacks in a majority of a pass's chunks, its later chunks score every region directly.
+
+What bounds can prune depends on the keys: the box of regions that differ (e.g. 2 x 2 regions
+spanning two tissue patterns) bounds too loosely to prune anything, and with noisy patches the
+queries of one block reach different super-regions, so their union is most of them.
 
 Ties: candidates hold every region that can reach the k-th score, with the same score formula
 as brute force, so the picked set equals ``topk`` of all scores wherever the k-th and
@@ -40,10 +48,14 @@ from einops import rearrange
 GROUP = 2
 #: Neighbouring queries that share candidate columns (one matmul per block).
 BLOCK = 64
-#: Fall back to scoring every region when a block's candidates exceed this share of them.
-MAX_FRACTION = 0.5
+#: Score every region instead when a block's candidates exceed this share of them: the
+#: measured break-even against :meth:`QuestTable._top_of_all` (0.15 to 0.24 of 8k to 2k
+#: regions, CPU), as candidates cost gathers and a ``topk`` over every candidate column.
+MAX_FRACTION = 0.2
 #: Fewest regions for which pruning is tried (below, scoring every region is cheaper).
 MIN_REGIONS = 256
+#: Regions per rank group when every region is scored (see :meth:`QuestTable._top_of_all`).
+SPAN = 16
 
 
 def signed_queries(queries: torch.Tensor) -> torch.Tensor:
@@ -86,12 +98,14 @@ class QuestTable:
         tries: Chunks pruned and chunks that fell back to scoring every region in this pass;
             after two fallbacks in a majority, the pass stops trying (the keys' regions are too
             alike for bounds to prune; each try costs about ``1 / u`` of a full scoring).
+        workspace: Buffers reused by the chunks of this pass (see :meth:`_scratch`).
     """
 
     regions: torch.Tensor
     supers: torch.Tensor
     members: torch.Tensor
     tries: dict[str, int] = field(default_factory=lambda: {"pruned": 0, "full": 0})
+    workspace: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -153,20 +167,28 @@ class QuestTable:
         Returns:
             (values (h, c, top), indices (h, c, top)), best first.
         """
-        n_supers = self.supers.shape[-1]
-        full = self.tries["full"]
-        if (
-            n_supers == 0
-            or self.n_regions < MIN_REGIONS
-            or (full >= 2 and full > self.tries["pruned"])
-        ):
+        if self.n_regions < MIN_REGIONS:
             return self.scores(queries).topk(top, dim=-1)
-        chunk = len(queries)
         signed = signed_queries(queries)
-        padded = signed.new_zeros(signed.shape[0], -(-chunk // block) * block, signed.shape[2])
+        full = self.tries["full"]
+        if self.supers.shape[-1] == 0 or (full >= 2 and full > self.tries["pruned"]):
+            return self._top_of_all(signed, top)
+        share = MAX_FRACTION if max_fraction is None else max_fraction
+        found = self._top_pruned(signed, top, block, share)
+        self.tries["full" if found is None else "pruned"] += 1
+        return self._top_of_all(signed, top) if found is None else found
+
+    def _top_pruned(
+        self, signed: torch.Tensor, top: int, block: int, share: float
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Steps 1 to 4 of the module docstring; None where the candidates exceed ``share``."""
+        heads, chunk, _ = signed.shape
+        n_supers = self.supers.shape[-1]
+        padded = signed.new_zeros(heads, -(-chunk // block) * block, signed.shape[2])
         padded[:, :chunk] = signed
-        heads, rows, _ = padded.shape
-        bounds = torch.bmm(padded, self.supers)  # (h, c, R)
+        rows = padded.shape[1]
+        bounds = self._scratch("bounds", (heads, rows, n_supers), signed.dtype)
+        torch.bmm(padded, self.supers, out=bounds)
         per = self.members.shape[1]
         seeds = bounds.topk(min(n_supers, -(-top // per) + 1), dim=-1).indices
         first = torch.zeros_like(bounds, dtype=torch.bool).scatter_(-1, seeds, True)
@@ -177,11 +199,8 @@ class QuestTable:
         floor = floor.view(heads, -1, block)
         reach = bounds.view(heads, -1, block, n_supers) >= floor[..., None]
         more = reach.any(dim=2) & ~first
-        share = MAX_FRACTION if max_fraction is None else max_fraction
         if int((first | more).sum(dim=-1).max()) * per > share * self.n_regions:
-            self.tries["full"] += 1
-            return self.scores(queries).topk(top, dim=-1)
-        self.tries["pruned"] += 1
+            return None
         if more.any():
             more_ids, more_scores = self._score_candidates(padded, more, block)
             ids, scores = torch.cat([ids, more_ids], -1), torch.cat([scores, more_scores], -1)
@@ -189,6 +208,49 @@ class QuestTable:
         picked = ids[:, :, None].expand(-1, -1, block, -1).gather(-1, best.indices)
         shape = (heads, rows, top)
         return best.values.view(shape)[:, :chunk], picked.view(shape)[:, :chunk]
+
+    def _top_of_all(self, signed: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``top`` of all regions' scores, ranking groups of :data:`SPAN` regions first.
+
+        Every region is scored, but a full ``topk`` runs only over the maxima of groups of
+        ``SPAN`` regions and over the members of the ``top`` best groups: a region that beats
+        the ``top``-th best group maximum lies in a group whose maximum beats it too. Scores
+        go region-major into a reused buffer (one matmul per head): a fresh (h, c, r) tensor
+        per chunk would cost page faults that double the matmul's time on CPU.
+
+        Args:
+            signed: (h, c, 2d) signed queries.
+            top: Regions per query, at most ``r``.
+
+        Returns:
+            (values (h, c, top), indices (h, c, top)), best first.
+        """
+        heads, chunk, _ = signed.shape
+        n_regions = self.n_regions
+        n_groups = -(-n_regions // SPAN)
+        scores = self._scratch("scores", (heads, n_groups * SPAN, chunk), signed.dtype)
+        scores[:, n_regions:] = -math.inf
+        for head in range(heads):
+            torch.mm(self.regions[head, :-1], signed[head].T, out=scores[head, :n_regions])
+        maxima = scores.view(heads, n_groups, SPAN, chunk).amax(dim=2)
+        groups = maxima.topk(min(top, n_groups), dim=1).indices.transpose(1, 2)  # (h, c, g)
+        by_group = scores.transpose(1, 2).view(heads, chunk, n_groups, SPAN)
+        members = by_group.gather(2, groups[..., None].expand(-1, -1, -1, SPAN))
+        best = members.flatten(2).topk(top, dim=-1)
+        picked = groups.gather(-1, best.indices // SPAN) * SPAN + best.indices % SPAN
+        return best.values, picked
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A buffer of ``shape`` reused across the chunks of this pass (contents undefined).
+
+        Tensors over glibc's mmap threshold (32 MB) are mapped afresh on every allocation, and
+        first touching their pages costs about as much as the matmul that fills them.
+        """
+        size = math.prod(shape)
+        held = self.workspace.get(name)
+        if held is None or held.numel() < size or held.dtype != dtype:
+            held = self.workspace[name] = self.regions.new_empty(size, dtype=dtype)
+        return held[:size].view(shape)
 
     def _score_candidates(
         self, signed: torch.Tensor, wanted: torch.Tensor, block: int

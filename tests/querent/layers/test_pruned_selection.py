@@ -135,6 +135,29 @@ def test_top_regions_equal_topk_of_all_scores(block, chunk, noise):
     assert table.tries["full"] == 0
 
 
+@pytest.mark.parametrize("top_k", [1, 8, 40])
+@pytest.mark.parametrize("cells_known", [True, False])
+def test_scoring_every_region_by_rank_groups_equals_topk_of_all_scores(
+    top_k, cells_known, monkeypatch
+):
+    monkeypatch.setattr(pruning, "MAX_FRACTION", 0.0)  # every pruning try falls back
+    cells = _tissue("holes", seed=6)
+    layout = RegionLayout.from_grid(build_grid(cells, 1, 2))
+    assert layout.n_regions % pruning.SPAN != 0  # a partly empty last rank group
+    q, k, _ = _smooth_qkv(cells, 2, 6, 0.5, seed=6)
+    kmin, kmax = region_min_max(k, layout)
+    table = QuestTable.build(kmin, kmax, layout.region_cells if cells_known else None)
+    queries = q[layout.slots[layout.valid]]
+    for start, stop in [(0, 300), (300, 337), (337, 900), (900, len(queries))]:  # reused buffers
+        part = queries[start:stop]
+        values, picks = table.top_regions(part, top_k)
+        brute = quest_scores(part, kmin, kmax).topk(top_k, dim=-1)
+        assert torch.equal(picks.sort(-1).values, brute.indices.sort(-1).values)
+        torch.testing.assert_close(values, brute.values, rtol=1e-12, atol=1e-12)
+    # two fallbacks, then the pass scores every region directly; no super-regions: no tries
+    assert table.tries == {"pruned": 0, "full": 2 if cells_known else 0}
+
+
 def test_super_regions_hold_every_region_once_and_bound_their_members():
     cells = _tissue("holes", seed=4)
     grid = build_grid(cells, 1, 3)
