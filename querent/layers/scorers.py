@@ -111,8 +111,7 @@ class QuestScorer(RegionScorer):
     def prepare(self, x, q, k, layout):  # noqa: D102
         kmin, kmax = region_summary(k.detach(), layout, self.summary)
         table = QuestTable.build(kmin, kmax, layout.region_cells)
-        top_regions = None if layout.region_cells is None else table.top_regions
-        return Scoring(q.detach(), table.scores, top_regions=top_regions)
+        return Scoring(q.detach(), table.scores, top_regions=table.top_regions)
 
 
 class MeanScorer(RegionScorer):
