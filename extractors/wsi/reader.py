@@ -337,7 +337,7 @@ class Slide:
         out_w = max(1, round(self.dimensions[0] * self.mpp / mpp))
         out_h = max(1, round(self.dimensions[1] * self.mpp / mpp))
         out = np.empty((out_h, out_w, 3), np.uint8)
-        with self._tile_cache(0):
+        with self._no_tile_cache():
             self._read_chunks(choice, out)
         return out
 
@@ -360,14 +360,14 @@ class Slide:
                 out[ty0:ty1, tx0:tx1] = chunk
 
     @contextmanager
-    def _tile_cache(self, capacity: int) -> Iterator[None]:
-        """Use a tile cache of ``capacity`` bytes inside the block, OpenSlide's default after.
+    def _no_tile_cache(self) -> Iterator[None]:
+        """Read without a tile cache inside the block, with OpenSlide's default one after.
 
         A whole-level read decodes each tile once: caching the tiles only costs (~15% of the
         read) and leaves the cache full of tiles no patch read wants.
         """
         try:
-            self._osr.set_cache(openslide.OpenSlideCache(capacity))
+            self._osr.set_cache(openslide.OpenSlideCache(0))
         except (AttributeError, openslide.OpenSlideError):  # OpenSlide < 4: no cache API
             swapped = False
         else:

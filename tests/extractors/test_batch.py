@@ -5,7 +5,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from extractors.batch import (
     BatchSlide,
@@ -24,12 +23,6 @@ from tests.conftest import shared_slide
 
 PATCHES = 6
 OPTIONS = ExtractionOptions(num_workers=0)
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    torch.manual_seed(0)
-    return create_encoder("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.encoders import create_encoder
 from extractors.errors import FileFormatError, SettingsError, SlideError
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    torch.manual_seed(0)
-    return create_encoder("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")

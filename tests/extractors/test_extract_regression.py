@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from extractors.encoders import create_encoder
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.io import read_features, write_coords
 from tests.conftest import shared_slide
@@ -38,12 +36,6 @@ OPTIONS = {
     # the same patch cut from a block (before and after this change), so only level 0 here.
     "single-patch blocks": ExtractionOptions(num_workers=0, block_cells=1, device="cpu"),
 }
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    torch.manual_seed(0)
-    return create_encoder("efficientnet_lite0")
 
 
 def _reference(case: str) -> tuple[np.ndarray, np.ndarray, dict]:
