@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from einops import rearrange, repeat
@@ -39,33 +40,69 @@ SELECTIONS = ("patch", "region")
 TILE = 16
 
 
-def _pair_tiles(blocks: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pack (query, key block) pairs into tiles of pairs that share a key block.
+class _Tiles(NamedTuple):
+    """A chunk's (query, key block) pairs packed into tiles of ``TILE`` pairs sharing a block.
 
-    Args:
-        blocks: (p,) key block of every pair.
-        tile: Pairs per tile.
-
-    Returns:
-        (tile_block (t,) key block of each tile, tile_pos (p,) flat tile slot of each pair,
-        pair_at (t * tile,) pair in each tile slot, ``p`` where the slot is padding).
+    Pairs are (head, query, pick) in ``blocks.flatten()`` order; padding slots point one past
+    the last pair and one past the last query row (a zero row is appended before gathering).
     """
-    n_pairs = blocks.numel()
-    order = torch.argsort(blocks, stable=True)
-    unique, counts = torch.unique_consecutive(blocks[order], return_counts=True)
-    tiles = (counts + tile - 1) // tile
-    run = torch.repeat_interleave(torch.arange(len(unique), device=blocks.device), counts)
-    rank = torch.arange(n_pairs, device=blocks.device) - (torch.cumsum(counts, 0) - counts)[run]
-    first_tile = torch.cumsum(tiles, 0) - tiles
-    tile_pos = torch.empty_like(blocks)
-    tile_pos[order] = (first_tile[run] + rank // tile) * tile + rank % tile
-    pair_at = blocks.new_full((int(tiles.sum()) * tile,), n_pairs)
-    pair_at[tile_pos] = torch.arange(n_pairs, device=blocks.device)
-    return torch.repeat_interleave(unique, tiles), tile_pos, pair_at
+
+    block: torch.Tensor  # (t,) key block of each tile
+    pos: torch.Tensor  # (p,) flat tile slot of each pair
+    pair: torch.Tensor  # (t * TILE,) pair in each slot
+    row: torch.Tensor  # (t * TILE,) query row, in (head, query) order, in each slot
+
+    @classmethod
+    def pack(cls, blocks: torch.Tensor) -> _Tiles:
+        """Pack the pairs of ``blocks`` (h, c, k), sorted by key block."""
+        heads, c, k = blocks.shape
+        flat = blocks.flatten()
+        n_pairs = flat.numel()
+        order = torch.argsort(flat, stable=True)
+        unique, counts = torch.unique_consecutive(flat[order], return_counts=True)
+        tiles = (counts + TILE - 1) // TILE
+        run = torch.repeat_interleave(torch.arange(len(unique), device=flat.device), counts)
+        rank = torch.arange(n_pairs, device=flat.device) - (torch.cumsum(counts, 0) - counts)[run]
+        first_tile = torch.cumsum(tiles, 0) - tiles
+        pos = torch.empty_like(flat)
+        pos[order] = (first_tile[run] + rank // TILE) * TILE + rank % TILE
+        pair = flat.new_full((int(tiles.sum()) * TILE,), n_pairs)
+        pair[pos] = torch.arange(n_pairs, device=flat.device)
+        row_of_pair = torch.arange(heads * c, device=flat.device).repeat_interleave(k)
+        row = torch.cat([row_of_pair, row_of_pair.new_full((1,), heads * c)])[pair]
+        return cls(torch.repeat_interleave(unique, tiles), pos, pair, row)
+
+    def gather(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(t, TILE, f) tiles of ``rows`` (m, f) at ``index`` (``m`` gives zeros)."""
+        padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+        return padded.index_select(0, index).view(-1, TILE, rows.shape[1])
+
+    def untile(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(t, TILE, f) -> (p, f) in pair order."""
+        return tiles.reshape(-1, tiles.shape[-1]).index_select(0, self.pos)
 
 
-def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+def _per_query_weights(
+    tiles: _Tiles,
+    rows: torch.Tensor,
+    blocks: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    block_valid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention weights of each query over its blocks' keys.
+
+    Returns (weights (h, c, k * s), query tiles (t, TILE, d), key tiles (t, s, d)).
+    """
+    heads, c, k = blocks.shape
+    query_tiles = tiles.gather(rows, tiles.row)
+    key_tiles = keys.index_select(0, tiles.block)
+    logits = tiles.untile(torch.bmm(query_tiles, key_tiles.transpose(1, 2)))
+    logits = logits.view(heads, c, k, -1)
+    if bias is not None:
+        logits = logits + bias[..., None]
+    logits = logits.masked_fill(~block_valid[blocks], -math.inf)
+    return rearrange(logits, "h c k s -> h c (k s)").softmax(dim=-1), query_tiles, key_tiles
 
 
 def _attend_per_query(
@@ -94,23 +131,56 @@ def _attend_per_query(
         (c, h, dv) outputs.
     """
     heads, c, k = blocks.shape
-    _, slots, dim = keys.shape
-    with torch.no_grad():
-        tile_block, tile_pos, pair_at = _pair_tiles(blocks.flatten(), TILE)
-        query_of_pair = torch.arange(heads * c, device=blocks.device).repeat_interleave(k)
-        query_at = torch.cat([query_of_pair, query_of_pair.new_full((1,), heads * c)])[pair_at]
-    rows = _with_zero_row(rearrange(queries, "c h d -> (h c) d") * dim**-0.5)
-    query_tiles = rows.index_select(0, query_at).view(-1, TILE, dim)
-    logits = torch.bmm(query_tiles, keys.index_select(0, tile_block).transpose(1, 2))
-    logits = logits.view(-1, slots).index_select(0, tile_pos).view(heads, c, k, slots)
-    if bias is not None:
-        logits = logits + bias[..., None]
-    logits = logits.masked_fill(~block_valid[blocks], -math.inf)
-    weights = rearrange(logits, "h c k s -> h c (k s)").softmax(dim=-1)
-    weight_tiles = _with_zero_row(weights.view(-1, slots)).index_select(0, pair_at)
-    out = torch.bmm(weight_tiles.view(-1, TILE, slots), values.index_select(0, tile_block))
-    out = out.view(-1, values.shape[-1]).index_select(0, tile_pos)
+    slots, dim = keys.shape[1:]
+    tiles = _Tiles.pack(blocks)
+    rows = rearrange(queries, "c h d -> (h c) d") * dim**-0.5
+    weights, _, _ = _per_query_weights(tiles, rows, blocks, bias, keys, block_valid)
+    weight_tiles = tiles.gather(weights.view(-1, slots), tiles.pair)
+    out = tiles.untile(torch.bmm(weight_tiles, values.index_select(0, tiles.block)))
     return rearrange(out.view(heads, c, k, -1).sum(dim=2), "h c d -> c h d")
+
+
+def _attend_per_query_backward(
+    queries: torch.Tensor,
+    blocks: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_valid: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_keys: torch.Tensor,
+    grad_values: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`_attend_per_query`, written out on the same tiles.
+
+    Autograd through the forward would add a scatter for every gather; here each gradient is
+    a gather of tiles (or, for keys and values, one add into ``grad_keys`` and ``grad_values``
+    by block, in place).
+
+    Returns:
+        (grad of queries (c, h, d), grad of bias (h, c, k) or None).
+    """
+    heads, c, k = blocks.shape
+    slots, dim = keys.shape[1:]
+    scale = dim**-0.5
+    tiles = _Tiles.pack(blocks)
+    rows = rearrange(queries, "c h d -> (h c) d") * scale
+    weights, query_tiles, key_tiles = _per_query_weights(
+        tiles, rows, blocks, bias, keys, block_valid
+    )
+    value_tiles = values.index_select(0, tiles.block)
+    grad_out_tiles = tiles.gather(rearrange(grad_out, "c h d -> (h c) d"), tiles.row)
+    grad_weights = tiles.untile(torch.bmm(grad_out_tiles, value_tiles.transpose(1, 2)))
+    grad_weights = grad_weights.view(heads, c, k * slots)
+    grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+    grad_logit_tiles = tiles.gather(grad_logits.view(-1, slots), tiles.pair)
+    weight_tiles = tiles.gather(weights.view(-1, slots), tiles.pair)
+    grad_values.index_add_(0, tiles.block, torch.bmm(weight_tiles.transpose(1, 2), grad_out_tiles))
+    grad_keys.index_add_(0, tiles.block, torch.bmm(grad_logit_tiles.transpose(1, 2), query_tiles))
+    grad_rows = tiles.untile(torch.bmm(grad_logit_tiles, key_tiles)).view(heads, c, k, dim)
+    grad_queries = rearrange(grad_rows.sum(dim=2) * scale, "h c d -> c h d")
+    grad_bias = None if bias is None else grad_logits.view(heads, c, k, slots).sum(-1)
+    return grad_queries, grad_bias
 
 
 def _attend_shared(
@@ -148,20 +218,70 @@ def _attend_shared(
     return rearrange(torch.bmm(weights, value), "(h g) m d -> g m h d", h=heads)
 
 
+def _attend_shared_backward(
+    groups: torch.Tensor,
+    blocks: torch.Tensor,
+    bias: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_valid: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_keys: torch.Tensor,
+    grad_values: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`_attend_shared`, by recomputing it under autograd.
+
+    Autograd through a gather from the whole key table would allocate a zero gradient of the
+    table; here the gradient is taken with respect to just the key blocks used, then added
+    into ``grad_keys`` and ``grad_values`` in place.
+
+    Returns:
+        (grad of groups (g, m, h, d), grad of bias (h, g, k) or None).
+    """
+    used, local = torch.unique(blocks, return_inverse=True)
+    leaves = [t.detach().requires_grad_() for t in (groups, keys[used], values[used])]
+    if bias is not None:
+        leaves.append(bias.detach().requires_grad_())
+    with torch.enable_grad():
+        out = _attend_shared(
+            leaves[0],
+            local,
+            leaves[3] if bias is not None else None,
+            *leaves[1:3],
+            block_valid[used],
+        )
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    grad_keys.index_add_(0, used, grads[1])
+    grad_values.index_add_(0, used, grads[2])
+    return grads[0], grads[3] if bias is not None else None
+
+
 Attend = Callable[..., torch.Tensor]
+AttendBackward = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class _ChunkedAttention(torch.autograd.Function):
     """Attention of query groups in chunks; the backward pass recomputes chunk by chunk.
 
-    Autograd through a gather from the full key table would allocate a zero gradient of the
-    whole table for every chunk. Here each chunk's gradient is taken with respect to just the
-    key blocks it used and added into one table in place.
+    ``attend`` gives a chunk's outputs and ``attend_backward`` its gradients, adding those of
+    keys and values in place into one table for all chunks (as flash attention, nothing of
+    the forward pass is kept but its inputs).
     """
 
     @staticmethod
-    def forward(ctx, groups, keys, values, bias, blocks, block_valid, attend: Attend, step: int):
-        ctx.attend, ctx.step = attend, step
+    def forward(
+        ctx,
+        groups,
+        keys,
+        values,
+        bias,
+        blocks,
+        block_valid,
+        attend: Attend,
+        attend_backward: AttendBackward,
+        step: int,
+    ):
+        ctx.attend_backward, ctx.step = attend_backward, step
         ctx.save_for_backward(groups, keys, values, bias, blocks, block_valid)
         chunks = []
         for start in range(0, len(groups), step):
@@ -180,23 +300,20 @@ class _ChunkedAttention(torch.autograd.Function):
         grad_bias = None if bias is None else torch.empty_like(bias)
         for start in range(0, len(groups), ctx.step):
             part = slice(start, start + ctx.step)
-            used, local = torch.unique(blocks[:, part], return_inverse=True)
-            with torch.enable_grad():
-                leaves = [groups[part], keys[used], values[used]]
-                if bias is not None:
-                    leaves.append(bias[:, part])
-                leaves = [leaf.detach().requires_grad_() for leaf in leaves]
-                chunk_bias = leaves[3] if bias is not None else None
-                out = ctx.attend(
-                    leaves[0], local, chunk_bias, leaves[1], leaves[2], block_valid[used]
-                )
-                grads = torch.autograd.grad(out, leaves, grad_out[part])
-            grad_groups[part] = grads[0]
-            grad_keys.index_add_(0, used, grads[1])
-            grad_values.index_add_(0, used, grads[2])
+            grad_groups[part], chunk_grad_bias = ctx.attend_backward(
+                groups[part],
+                blocks[:, part],
+                None if bias is None else bias[:, part],
+                keys,
+                values,
+                block_valid,
+                grad_out[part],
+                grad_keys,
+                grad_values,
+            )
             if bias is not None:
-                grad_bias[:, part] = grads[3]
-        return grad_groups, grad_keys, grad_values, grad_bias, None, None, None, None
+                grad_bias[:, part] = chunk_grad_bias
+        return grad_groups, grad_keys, grad_values, grad_bias, None, None, None, None, None
 
 
 def _select(
@@ -312,17 +429,20 @@ def query_aware_attention(
         # queries in region order, so a chunk's queries are neighbours that share key blocks
         order = layout.slots[layout.valid]
         groups, group_queries = q.index_select(0, order), scoring.queries.index_select(0, order)
-        step, attend = chunk_size, _attend_per_query
+        step, attend, attend_backward = chunk_size, _attend_per_query, _attend_per_query_backward
         if local:
             near = near.index_select(0, layout.region_of_patch.index_select(0, order))
     else:
         groups = to_regions(q, layout)
         group_queries = region_mean(scoring.queries, layout)
-        step, attend = max(1, chunk_size // n_slots), _attend_shared
+        step = max(1, chunk_size // n_slots)
+        attend, attend_backward = _attend_shared, _attend_shared_backward
     prune = prune and selection == "patch"
     selected, bias = _select(scoring, group_queries, top, step, near, n_regions, prune)
     blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
-    out = _ChunkedAttention.apply(groups, keys, values, bias, blocks, block_valid, attend, step)
+    out = _ChunkedAttention.apply(
+        groups, keys, values, bias, blocks, block_valid, attend, attend_backward, step
+    )
     selected = selected.masked_fill(selected == n_regions, -1)
     if selection == "patch":
         back = torch.empty_like(order)
