@@ -17,7 +17,8 @@ and 128k patches on a disk of tissue. Variants:
 
 Every (variant, N) runs in its own process, so peak memory (max RSS on CPU, max allocated on
 CUDA) is that run's alone; ``start_gb`` is the memory already held when the step starts
-(runtime, model and inputs: 0.5 GB of features at 128k).
+(runtime, model and inputs: 0.5 GB of features at 128k). On the CPU every variant keeps freed
+memory for reuse, as training does (:mod:`querent.engine.allocator`).
 
 Error: relative Frobenius error of the first block's attention output against exact attention
 with the same weights, on 1,024 sampled queries, for (a) these benchmark inputs and the
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from querent.engine.allocator import keep_freed_memory
 from querent.layers import pruning
 from querent.layers.query_aware import query_aware_attention
 from querent.layers.regions import region_min_max
@@ -198,6 +200,8 @@ def check_selection(model, features, cells, generator) -> dict:
 def worker(variant: str, n: int, device: torch.device) -> dict:
     """Time one (variant, N) in this process; returns the measurements."""
     name, settings = VARIANTS[variant]
+    if device.type == "cpu":
+        keep_freed_memory()  # as training does
     if name == "querent":
         settings = {**settings, "region_size": REGION, "top_k": TOP_K}
     torch.manual_seed(0)

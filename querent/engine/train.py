@@ -33,6 +33,7 @@ from querent.data.bags import (
 )
 from querent.data.cohort import Cohort
 from querent.engine import checkpoint
+from querent.engine.allocator import keep_freed_memory
 from querent.engine.metrics import case_level, compute_metrics
 from querent.engine.provenance import provenance
 from querent.engine.runs import ModelRun, TrainSettings
@@ -177,6 +178,8 @@ def train_fold(
     """
     out_dir = Path(out_dir)
     settings, dev = run.training, pick_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     used = {s: files[s] for s in [*train_ids, *val_ids]}
     in_dim, features_encoder = check_feature_files(used)
     task = settings.task(cohort)
