@@ -4,7 +4,8 @@ glibc starts by serving blocks over 128 KB with ``mmap``, raising that threshold
 32 MB only as such blocks are freed, and hands the free top of its heap back to the OS. A
 training step allocates and frees tensors of a few to tens of MB over and over, so each of
 them is faulted in page by page again: a quarter of a Querent step at 32k patches. Fixing the
-mmap threshold at 32 MB from the start and keeping the heap's free top reuses those blocks.
+mmap threshold at 32 MB from the start and keeping the heap's free top reuses those blocks
+(the second matters most: with the threshold alone that step took 8.0 s, with both 5.1 s).
 Larger blocks still go back to the OS: keeping them too (a 256 MB threshold) saved a little
 more time but raised peak memory up to 4x through fragmentation.
 """
