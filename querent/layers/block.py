@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from querent.layers.linear import Linear
 from querent.layers.regions import RegionLayout
 
 
@@ -28,10 +29,10 @@ class PreNormBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden),
+            Linear(dim, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(hidden, dim),
+            Linear(hidden, dim),
             nn.Dropout(dropout),
         )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from querent.layers.linear import Linear
+
 
 class GatedAttentionPool(nn.Module):
     """Gated attention pooling (Ilse et al., 2018).
@@ -22,10 +24,10 @@ class GatedAttentionPool(nn.Module):
 
     def __init__(self, *, dim: int, hidden: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
-        self.value = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
-        self.gate = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid())
+        self.value = nn.Sequential(Linear(dim, hidden), nn.Tanh())
+        self.gate = nn.Sequential(Linear(dim, hidden), nn.Sigmoid())
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(hidden, 1, bias=False)  # softmax ignores a shared shift
+        self.score = Linear(hidden, 1, bias=False)  # softmax ignores a shared shift
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool.

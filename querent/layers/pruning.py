@@ -19,10 +19,13 @@ of its members' boxes, so its score bounds the score of every member. Per chunk 
 
 When step 3 would still score more than :data:`MAX_FRACTION` of the regions (keys whose regions
 differ little, e.g. noisy features), the chunk scores every region instead, still exactly and
-at close to matmul speed: scores go region-major into a buffer reused across chunks (fresh
-(h, c, r) tensors cost page faults), and ``topk`` (slow per element on CPU) runs only over the
+at close to matmul speed: region-major blocks of scores small enough to be reused rather than
+mapped afresh (:data:`SCORE_BYTES`), and ``topk`` (slow per element on CPU) only over the
 maxima of groups of :data:`SPAN` regions and the members of the best groups. After two such
 fallbacks in a majority of a pass's chunks, its later chunks score every region directly.
+
+The bounds and the full scoring are float32 matmuls with a short inner dimension (``2d``);
+on the CPU they run through oneDNN (:mod:`querent.layers.linear`).
 
 What bounds can prune depends on the keys: the box of regions that differ (e.g. 2 x 2 regions
 spanning two tissue patterns) bounds too loosely to prune anything, and with noisy patches the
@@ -44,6 +47,8 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange
 
+from querent.layers.linear import matmul_nt
+
 #: Regions per super-region side: 2 x 2 regions (wider groups bound too loosely to prune).
 GROUP = 2
 #: Neighbouring queries that share candidate columns (one matmul per block).
@@ -56,6 +61,10 @@ MAX_FRACTION = 0.2
 MIN_REGIONS = 256
 #: Regions per rank group when every region is scored (see :meth:`QuestTable._top_of_all`).
 SPAN = 16
+#: Largest block of scores made at once when every region is scored: under the 32 MB above
+#: which glibc maps memory afresh (:mod:`querent.engine.allocator`), as touching fresh pages
+#: costs about as much as the matmul that fills them.
+SCORE_BYTES = 16 * 2**20
 
 
 def signed_queries(queries: torch.Tensor) -> torch.Tensor:
@@ -92,20 +101,18 @@ class QuestTable:
 
     Attributes:
         regions: (h, r + 1, 2d) ``[kmax, kmin]`` of every region; row ``r`` is padding.
-        supers: (h, 2d, R) ``[kmax, kmin]`` of every super-region.
+        supers: (h, R, 2d) ``[kmax, kmin]`` of every super-region.
         members: (R + 1, u) member regions of every super-region (``r`` for none); row ``R``
             is padding.
         tries: Chunks pruned and chunks that fell back to scoring every region in this pass;
             after two fallbacks in a majority, the pass stops trying (the keys' regions are too
             alike for bounds to prune; each try costs about ``1 / u`` of a full scoring).
-        workspace: Buffers reused by the chunks of this pass (see :meth:`_scratch`).
     """
 
     regions: torch.Tensor
     supers: torch.Tensor
     members: torch.Tensor
     tries: dict[str, int] = field(default_factory=lambda: {"pruned": 0, "full": 0})
-    workspace: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -121,7 +128,7 @@ class QuestTable:
         regions = torch.cat([boxes, boxes.new_zeros(boxes.shape[0], 1, boxes.shape[2])], dim=1)
         if region_cells is None or n_regions == 0:
             members = kmin.new_full((1, group * group), n_regions, dtype=torch.long)
-            return cls(regions, boxes.new_zeros(boxes.shape[0], boxes.shape[2], 0), members)
+            return cls(regions, boxes.new_zeros(boxes.shape[0], 0, boxes.shape[2]), members)
         members = group_regions(region_cells, group)
         heads, dim = kmin.shape[1:]
         low = kmin.new_full((len(members), heads, dim), math.inf)
@@ -134,7 +141,7 @@ class QuestTable:
         # the box of the members' boxes, whichever way round a summary's pair lies
         low = low.scatter_reduce(0, owner, torch.minimum(kmin, kmax), "amin")
         high = high.scatter_reduce(0, owner, torch.maximum(kmin, kmax), "amax")
-        supers = rearrange(torch.cat([high, low], dim=-1), "R h e -> h e R").contiguous()
+        supers = rearrange(torch.cat([high, low], dim=-1), "R h e -> h R e").contiguous()
         members = torch.cat([members, members.new_full((1, members.shape[1]), n_regions)])
         return cls(regions, supers, members)
 
@@ -171,7 +178,7 @@ class QuestTable:
             return self.scores(queries).topk(top, dim=-1)
         signed = signed_queries(queries)
         full = self.tries["full"]
-        if self.supers.shape[-1] == 0 or (full >= 2 and full > self.tries["pruned"]):
+        if self.supers.shape[1] == 0 or (full >= 2 and full > self.tries["pruned"]):
             return self._top_of_all(signed, top)
         share = MAX_FRACTION if max_fraction is None else max_fraction
         found = self._top_pruned(signed, top, block, share)
@@ -183,12 +190,11 @@ class QuestTable:
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Steps 1 to 4 of the module docstring; None where the candidates exceed ``share``."""
         heads, chunk, _ = signed.shape
-        n_supers = self.supers.shape[-1]
+        n_supers = self.supers.shape[1]
         padded = signed.new_zeros(heads, -(-chunk // block) * block, signed.shape[2])
         padded[:, :chunk] = signed
         rows = padded.shape[1]
-        bounds = self._scratch("bounds", (heads, rows, n_supers), signed.dtype)
-        torch.bmm(padded, self.supers, out=bounds)
+        bounds = torch.stack([matmul_nt(padded[h], self.supers[h]) for h in range(heads)])
         per = self.members.shape[1]
         seeds = bounds.topk(min(n_supers, -(-top // per) + 1), dim=-1).indices
         first = torch.zeros_like(bounds, dtype=torch.bool).scatter_(-1, seeds, True)
@@ -210,13 +216,7 @@ class QuestTable:
         return best.values.view(shape)[:, :chunk], picked.view(shape)[:, :chunk]
 
     def _top_of_all(self, signed: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top ``top`` of all regions' scores, ranking groups of :data:`SPAN` regions first.
-
-        Every region is scored, but a full ``topk`` runs only over the maxima of groups of
-        ``SPAN`` regions and over the members of the ``top`` best groups: a region that beats
-        the ``top``-th best group maximum lies in a group whose maximum beats it too. Scores
-        go region-major into a reused buffer (one matmul per head): a fresh (h, c, r) tensor
-        per chunk would cost page faults that double the matmul's time on CPU.
+        """Top ``top`` of all regions' scores, by blocks of queries of at most SCORE_BYTES.
 
         Args:
             signed: (h, c, 2d) signed queries.
@@ -226,31 +226,16 @@ class QuestTable:
             (values (h, c, top), indices (h, c, top)), best first.
         """
         heads, chunk, _ = signed.shape
-        n_regions = self.n_regions
-        n_groups = -(-n_regions // SPAN)
-        scores = self._scratch("scores", (heads, n_groups * SPAN, chunk), signed.dtype)
-        scores[:, n_regions:] = -math.inf
+        signed = signed.contiguous()
+        step = max(1, SCORE_BYTES // (signed.element_size() * self.n_regions))
+        values = signed.new_empty(heads, chunk, top)
+        picked = torch.empty(heads, chunk, top, dtype=torch.long, device=signed.device)
         for head in range(heads):
-            torch.mm(self.regions[head, :-1], signed[head].T, out=scores[head, :n_regions])
-        maxima = scores.view(heads, n_groups, SPAN, chunk).amax(dim=2)
-        groups = maxima.topk(min(top, n_groups), dim=1).indices.transpose(1, 2)  # (h, c, g)
-        by_group = scores.transpose(1, 2).view(heads, chunk, n_groups, SPAN)
-        members = by_group.gather(2, groups[..., None].expand(-1, -1, -1, SPAN))
-        best = members.flatten(2).topk(top, dim=-1)
-        picked = groups.gather(-1, best.indices // SPAN) * SPAN + best.indices % SPAN
-        return best.values, picked
-
-    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A buffer of ``shape`` reused across the chunks of this pass (contents undefined).
-
-        Tensors over glibc's mmap threshold (32 MB) are mapped afresh on every allocation, and
-        first touching their pages costs about as much as the matmul that fills them.
-        """
-        size = math.prod(shape)
-        held = self.workspace.get(name)
-        if held is None or held.numel() < size or held.dtype != dtype:
-            held = self.workspace[name] = self.regions.new_empty(size, dtype=dtype)
-        return held[:size].view(shape)
+            for start in range(0, chunk, step):
+                part = slice(start, start + step)
+                scores = matmul_nt(self.regions[head, :-1], signed[head, part])
+                values[head, part], picked[head, part] = _top_by_groups(scores, top)
+        return values, picked
 
     def _score_candidates(
         self, signed: torch.Tensor, wanted: torch.Tensor, block: int
@@ -280,6 +265,26 @@ class QuestTable:
         queries = signed.reshape(heads * n_blocks, block, -1)
         scores = torch.bmm(queries, boxes.transpose(1, 2)).view(heads, n_blocks, block, -1)
         return ids, scores.masked_fill_((ids == self.n_regions)[:, :, None], -math.inf)
+
+
+def _top_by_groups(scores: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``top`` of (r, c) region-major scores for each query: (values, indices), each (c, top).
+
+    A full ``topk`` runs only over the maxima of groups of :data:`SPAN` regions and over the
+    members of the ``top`` best groups: a region that beats the ``top``-th best group maximum
+    lies in a group whose maximum beats it too.
+    """
+    n_regions, chunk = scores.shape
+    whole = n_regions - n_regions % SPAN
+    maxima = scores[:whole].view(-1, SPAN, chunk).amax(dim=1)
+    if whole < n_regions:
+        maxima = torch.cat([maxima, scores[whole:].amax(dim=0, keepdim=True)])
+    groups = maxima.topk(min(top, len(maxima)), dim=0).indices.T  # (c, g)
+    span = torch.arange(SPAN, device=scores.device)
+    ids = (groups[..., None] * SPAN + span).flatten(1)  # (c, g * SPAN)
+    members = scores.T.gather(1, ids.clamp(max=n_regions - 1))
+    best = members.masked_fill_(ids >= n_regions, -math.inf).topk(top, dim=-1)
+    return best.values, ids.gather(1, best.indices)
 
 
 def _kth_best(scores: torch.Tensor, top: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from querent.layers.linear import Linear
 from querent.layers.regions import RegionLayout, from_regions, region_mean, to_regions
 from querent.layers.scorers import Scoring, make_scorer
 
@@ -466,8 +467,8 @@ class MultiHeadProjections(nn.Module):
         if heads < 1 or head_dim < 1:
             raise ValueError(f"dim {dim} is too small for {heads} heads; set head_dim")
         self.heads, self.head_dim = heads, head_dim
-        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
-        self.to_out = nn.Linear(heads * head_dim, dim)
+        self.to_qkv = Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = Linear(heads * head_dim, dim)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n, dim) -> queries, keys, values, each (n, h, d)."""

@@ -25,6 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from querent.layers.linear import Linear
 from querent.layers.pruning import QuestTable
 from querent.layers.regions import SUMMARIES, RegionLayout, region_mean, region_summary
 
@@ -153,9 +154,9 @@ class LearnedScorer(RegionScorer):
     def __init__(self, *, dim: int, heads: int, head_dim: int, summary: str = "minmax") -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim, summary=summary)
         self.heads = heads
-        self.q_hat = nn.Linear(dim, heads * head_dim, bias=False)
-        self.f_min = nn.Linear(dim, heads * head_dim)
-        self.f_max = nn.Linear(dim, heads * head_dim)
+        self.q_hat = Linear(dim, heads * head_dim, bias=False)
+        self.f_min = Linear(dim, heads * head_dim)
+        self.f_max = Linear(dim, heads * head_dim)
 
     def prepare(self, x, q, k, layout):  # noqa: D102
         x_min, x_max = region_summary(x, layout, self.summary)

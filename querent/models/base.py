@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from querent.data.grid import RegionGrid
+from querent.layers.linear import Linear
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class MILModel(nn.Module):
         if in_dim < 1 or n_outputs < 1:
             raise ValueError(f"in_dim and n_outputs must be >= 1, got {in_dim} and {n_outputs}")
         self.in_dim, self.n_outputs = in_dim, n_outputs
-        self.head = nn.Linear(embed_dim, n_outputs)
+        self.head = Linear(embed_dim, n_outputs)
 
     def forward_bag(
         self, features: torch.Tensor, cells: torch.Tensor, grid: RegionGrid | None

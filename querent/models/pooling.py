@@ -8,6 +8,7 @@ from __future__ import annotations
 from einops import reduce
 from torch import nn
 
+from querent.layers.linear import Linear
 from querent.models.base import MILModel, MILOutput
 from querent.models.registry import register_model
 
@@ -32,7 +33,7 @@ class _EmbedAndReduce(MILModel):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
-        self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
 
 
 @register_model("mean_pool")

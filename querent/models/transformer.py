@@ -13,6 +13,7 @@ from torch import nn
 
 from querent.data.grid import RegionGrid, build_grid
 from querent.layers.block import PreNormBlock
+from querent.layers.linear import Linear
 from querent.layers.pooling import GatedAttentionPool
 from querent.layers.positional import POSITIONALS, SlidePositions, sincos_2d
 from querent.layers.query_aware import DenseSelfAttention, QueryAwareSelfAttention
@@ -45,7 +46,7 @@ class TransformerMIL(MILModel):
             raise ValueError(f"positional encoding needs dim divisible by 4, got dim={dim}")
         self.positional = positional
         self.positions = SlidePositions(dim=dim) if positional == "relative" else None
-        self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.embed = nn.Sequential(Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
         self.blocks = nn.ModuleList(
             PreNormBlock(dim=dim, attention=layer, mlp_ratio=mlp_ratio, dropout=dropout)
             for layer in attention

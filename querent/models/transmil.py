@@ -28,6 +28,7 @@ from einops import rearrange, reduce
 from nystrom_attention import NystromAttention
 from torch import nn
 
+from querent.layers.linear import Linear
 from querent.models.base import MILModel, MILOutput
 from querent.models.registry import register_model
 
@@ -172,7 +173,7 @@ class TransMIL(MILModel):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
-        self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU())
+        self.embed = nn.Sequential(Linear(in_dim, dim), nn.ReLU())
         self.class_token = nn.Parameter(torch.randn(1, 1, dim))
         self.layer1 = TransLayer(dim=dim, heads=heads, dropout=dropout)
         self.ppeg = PPEG(dim=dim)

@@ -137,10 +137,12 @@ def test_top_regions_equal_topk_of_all_scores(block, chunk, noise):
 
 @pytest.mark.parametrize("top_k", [1, 8, 40])
 @pytest.mark.parametrize("cells_known", [True, False])
+@pytest.mark.parametrize("score_bytes", [pruning.SCORE_BYTES, 8 * 1000])
 def test_scoring_every_region_by_rank_groups_equals_topk_of_all_scores(
-    top_k, cells_known, monkeypatch
+    top_k, cells_known, score_bytes, monkeypatch
 ):
     monkeypatch.setattr(pruning, "MAX_FRACTION", 0.0)  # every pruning try falls back
+    monkeypatch.setattr(pruning, "SCORE_BYTES", score_bytes)  # 8 kB: blocks of 1 to 2 queries
     cells = _tissue("holes", seed=6)
     layout = RegionLayout.from_grid(build_grid(cells, 1, 2))
     assert layout.n_regions % pruning.SPAN != 0  # a partly empty last rank group
@@ -158,6 +160,29 @@ def test_scoring_every_region_by_rank_groups_equals_topk_of_all_scores(
     assert table.tries == {"pruned": 0, "full": 2 if cells_known else 0}
 
 
+@pytest.mark.parametrize("max_fraction", [0.0, 2.0])  # score every region / prune
+def test_float32_picks_are_the_best_regions_within_rounding(max_fraction):
+    """In float32 (oneDNN's matmuls on the CPU) the picks are the exact best up to rounding."""
+    cells = _tissue("disk", seed=7)
+    layout = RegionLayout.from_grid(build_grid(cells, 1, 2))
+    q, k, _ = _smooth_qkv(cells, 2, 8, 0.5, seed=7)
+    kmin, kmax = region_min_max(k, layout)
+    table = QuestTable.build(kmin.float(), kmax.float(), layout.region_cells)
+    queries = q[layout.slots[layout.valid]]
+    exact = quest_scores(queries, kmin, kmax)  # float64, (h, n, r)
+    for start in range(0, len(queries), 500):
+        part = slice(start, start + 500)
+        values, picks = table.top_regions(queries[part].float(), 8, max_fraction=max_fraction)
+        assert values.dtype == torch.float32
+        scores = exact[:, part]
+        assert (picks.sort(-1).values.diff(dim=-1) > 0).all()  # 8 different regions
+        picked = scores.gather(-1, picks)
+        rounding = 1e-5 * scores.abs().amax(-1, keepdim=True)
+        assert (picked >= scores.topk(8, dim=-1).values[..., -1:] - rounding).all()
+        assert ((values.double() - picked).abs() <= rounding).all()
+    assert table.tries["full" if max_fraction == 0 else "pruned"] > 0  # the path under test ran
+
+
 def test_super_regions_hold_every_region_once_and_bound_their_members():
     cells = _tissue("holes", seed=4)
     grid = build_grid(cells, 1, 3)
@@ -172,7 +197,7 @@ def test_super_regions_hold_every_region_once_and_bound_their_members():
     q, k, _ = _smooth_qkv(cells, 2, 5, 0.5, seed=4)
     kmin, kmax = region_min_max(k, layout)
     table = QuestTable.build(kmin, kmax, layout.region_cells)
-    bounds = torch.bmm(pruning.signed_queries(q), table.supers)  # (h, n, R)
+    bounds = torch.bmm(pruning.signed_queries(q), table.supers.transpose(1, 2))  # (h, n, R)
     scores = quest_scores(q, kmin, kmax)  # (h, n, r)
     owner = torch.empty(layout.n_regions, dtype=torch.long)
     for index, row in enumerate(members):

@@ -1,0 +1,70 @@
+"""Linear layers whose float32 matmuls on the CPU run through oneDNN rather than MKL.
+
+PyTorch sends float32 matmuls on the CPU to MKL, whose kernels on AMD processors are its AVX2
+ones. On one core of the benchmark machine (AMD EPYC, Zen 5) a model's matmuls ran at about
+90 GFLOP/s there, and at 200 to 240 through oneDNN, which PyTorch ships too and which picks
+its AVX-512 kernels by the processor's features alone. The arithmetic is the same (float32
+products and sums, no reduced precision); only the order of the sums may differ.
+
+Elsewhere (GPU, other dtypes, a PyTorch built without oneDNN) everything is PyTorch's own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def onednn_applies(tensor: torch.Tensor) -> bool:
+    """True where :func:`matmul_nt` of ``tensor`` runs through oneDNN (float32 on the CPU)."""
+    return (
+        tensor.device.type == "cpu"
+        and tensor.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b.T + bias`` for (m, e) and (n, e) -> (m, n)."""
+    if onednn_applies(a) and b.dtype == a.dtype:
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return nn.functional.linear(a, b, bias)
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` on 2-D ``x``, forward and backward through :func:`matmul_nt`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return matmul_nt(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = matmul_nt(grad, weight.T)
+        if ctx.needs_input_grad[1]:
+            # oneDNN copies its first operand when transposed: make it the narrower one
+            if grad.shape[1] <= x.shape[1]:
+                grad_weight = matmul_nt(grad.T, x.T)
+            else:
+                grad_weight = matmul_nt(x.T, grad.T).T.contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=0)
+        return grad_x, grad_weight, grad_bias
+
+
+class Linear(nn.Linear):
+    """:class:`torch.nn.Linear`, through oneDNN on float32 CPU inputs (same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        autocast = torch.is_autocast_enabled("cpu")
+        if autocast or not onednn_applies(x) or self.weight.dtype != x.dtype:
+            return super().forward(x)
+        out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
