@@ -32,7 +32,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from querent.layers.linear import Linear
-from querent.layers.regions import RegionLayout, from_regions, region_mean, to_regions
+from querent.layers.regions import (
+    RegionLayout,
+    from_regions,
+    patches_by_area,
+    region_mean,
+    to_regions,
+)
 from querent.layers.scorers import Scoring, make_scorer
 
 SELECTIONS = ("patch", "region")
@@ -427,8 +433,8 @@ def query_aware_attention(
         block_valid = torch.cat([block_valid, block_valid.new_zeros(heads, n_slots)])
     near = layout.neighbours.masked_fill(layout.neighbours < 0, n_regions) if local else None
     if selection == "patch":
-        # queries in region order, so a chunk's queries are neighbours that share key blocks
-        order = layout.slots[layout.valid]
+        # queries by area, so a chunk's queries are neighbours that share key blocks
+        order = patches_by_area(layout)
         groups, group_queries = q.index_select(0, order), scoring.queries.index_select(0, order)
         step, attend, attend_backward = chunk_size, _attend_per_query, _attend_per_query_backward
         if local:

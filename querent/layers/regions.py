@@ -56,6 +56,23 @@ class RegionLayout:
         return self.slots.shape[0]
 
 
+def patches_by_area(layout: RegionLayout) -> torch.Tensor:
+    """(n,) every patch, region by region, the regions in Z-order of their lattice cells.
+
+    Consecutive patches then fill compact squares of regions (4 x 4 regions, 8 x 8, ...)
+    rather than rows; in index order (where the cells are unknown) regions go row by row.
+    """
+    regions = torch.arange(layout.n_regions, device=layout.slots.device)
+    if layout.region_cells is not None and layout.n_regions > 0:
+        cells = layout.region_cells - layout.region_cells.min(dim=0).values
+        code = torch.zeros_like(regions)
+        for bit in range(max(int(cells.max()).bit_length(), 1)):
+            code |= ((cells[:, 0] >> bit) & 1) << (2 * bit)
+            code |= ((cells[:, 1] >> bit) & 1) << (2 * bit + 1)
+        regions = torch.argsort(code)
+    return layout.slots[regions][layout.valid[regions]]
+
+
 def to_regions(x: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
     """(n, ...) per patch -> (r, s, ...) per region slot; empty slots hold patch 0 (mask them)."""
     slots = layout.slots.clamp(min=0)

@@ -10,7 +10,7 @@ from querent.layers.query_aware import (
     QueryAwareSelfAttention,
     query_aware_attention,
 )
-from querent.layers.regions import RegionLayout, region_mean, region_min_max
+from querent.layers.regions import RegionLayout, patches_by_area, region_mean, region_min_max
 from querent.layers.scorers import SCORERS, QuestScorer, quest_scores
 
 SELECTIONS = ("patch", "region")
@@ -284,3 +284,25 @@ def test_module_rejects_bad_settings():
         QueryAwareSelfAttention(dim=16, selection="slide")
     with pytest.raises(ValueError, match="chunk_size"):
         QueryAwareSelfAttention(dim=16, chunk_size=0)
+
+
+def test_patches_by_area_walks_squares_of_regions():
+    xy = np.stack(np.meshgrid(np.arange(32), np.arange(32)), -1).reshape(-1, 2)
+    xy = xy[np.random.default_rng(0).permutation(len(xy))[:900]]  # holes, shuffled
+    grid = build_grid(xy, 1, 2)  # 16 x 16 regions of 2 x 2 patches
+    layout = RegionLayout.from_grid(grid)
+    order = patches_by_area(layout)
+    assert sorted(order.tolist()) == list(range(len(xy)))
+    regions = layout.region_of_patch[order]
+    assert (regions.diff() != 0).sum() == layout.n_regions - 1  # one run per region
+    runs = regions.unique_consecutive()
+    for start in range(0, len(runs), 16):  # every 16 regions in turn: a 4 x 4 square
+        cells = grid.region_cells[runs[start : start + 16].numpy()]
+        assert (cells.max(0) - cells.min(0)).tolist() == [3, 3]
+    unknown = RegionLayout(
+        *[
+            getattr(layout, f)
+            for f in ("slots", "valid", "region_of_patch", "patch_slot", "neighbours")
+        ]
+    )
+    assert torch.equal(patches_by_area(unknown), layout.slots[layout.valid])
