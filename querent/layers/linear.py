@@ -32,6 +32,18 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None
     return nn.functional.linear(a, b, bias)
 
 
+#: Rows of the input per matmul of the weight gradient: oneDNN copies its transposed first
+#: operand, so whole inputs would add a copy of (n, features) to peak memory.
+WEIGHT_GRAD_ROWS = 8192
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``grad.T @ x``, the copied operand being the narrower of the two."""
+    if grad.shape[1] <= x.shape[1]:
+        return matmul_nt(grad.T, x.T)
+    return matmul_nt(x.T, grad.T).T
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """``x @ weight.T + bias`` on 2-D ``x``, forward and backward through :func:`matmul_nt`."""
 
@@ -48,11 +60,10 @@ class _OneDnnLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = matmul_nt(grad, weight.T)
         if ctx.needs_input_grad[1]:
-            # oneDNN copies its first operand when transposed: make it the narrower one
-            if grad.shape[1] <= x.shape[1]:
-                grad_weight = matmul_nt(grad.T, x.T)
-            else:
-                grad_weight = matmul_nt(x.T, grad.T).T.contiguous()
+            grad_weight = torch.zeros_like(weight)
+            for start in range(0, len(x), WEIGHT_GRAD_ROWS):
+                rows = slice(start, start + WEIGHT_GRAD_ROWS)
+                grad_weight += _weight_grad(grad[rows], x[rows])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(dim=0)
         return grad_x, grad_weight, grad_bias

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from querent.layers import linear
 from querent.layers.linear import Linear, matmul_nt, onednn_applies
 
 needs_onednn = pytest.mark.skipif(
@@ -20,7 +21,9 @@ def _ops_run(fn) -> set[str]:
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(("shape", "features"), [((300,), (64, 96)), ((3, 50), (96, 40))])
-def test_forward_and_gradients_equal_nn_linear(bias, shape, features):
+@pytest.mark.parametrize("grad_rows", [linear.WEIGHT_GRAD_ROWS, 64])  # 64: 3 blocks, one short
+def test_forward_and_gradients_equal_nn_linear(bias, shape, features, grad_rows, monkeypatch):
+    monkeypatch.setattr(linear, "WEIGHT_GRAD_ROWS", grad_rows)
     torch.manual_seed(0)
     reference = nn.Linear(*features, bias=bias)
     layer = Linear(*features, bias=bias)
