@@ -142,7 +142,7 @@ def test_scoring_every_region_by_rank_groups_equals_topk_of_all_scores(
     top_k, cells_known, score_bytes, monkeypatch
 ):
     monkeypatch.setattr(pruning, "MAX_FRACTION", 0.0)  # every pruning try falls back
-    monkeypatch.setattr(pruning, "SCORE_BYTES", score_bytes)  # 8 kB: blocks of 1 to 2 queries
+    monkeypatch.setattr(pruning, "SCORE_BYTES", score_bytes)  # 8 kB: blocks of 2 or 3 queries
     cells = _tissue("holes", seed=6)
     layout = RegionLayout.from_grid(build_grid(cells, 1, 2))
     assert layout.n_regions % pruning.SPAN != 0  # a partly empty last rank group
