@@ -14,13 +14,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: This PyTorch has oneDNN and its linear operator (the one Inductor's CPU backend calls).
+HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
+
 
 def onednn_applies(tensor: torch.Tensor) -> bool:
     """True where :func:`matmul_nt` of ``tensor`` runs through oneDNN (float32 on the CPU)."""
     return (
-        tensor.device.type == "cpu"
+        HAS_ONEDNN_LINEAR
+        and tensor.device.type == "cpu"
         and tensor.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )
 

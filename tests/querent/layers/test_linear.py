@@ -8,8 +8,12 @@ from querent.layers import linear
 from querent.layers.linear import Linear, matmul_nt, onednn_applies
 
 needs_onednn = pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available(), reason="this PyTorch is built without oneDNN"
+    not linear.HAS_ONEDNN_LINEAR, reason="this PyTorch lacks oneDNN or its linear operator"
 )
+
+
+def test_onednn_linear_is_found_where_pytorch_has_onednn():
+    assert linear.HAS_ONEDNN_LINEAR == torch.backends.mkldnn.is_available()
 
 
 def _ops_run(fn) -> set[str]:
