@@ -75,7 +75,7 @@ PAPER = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8, "selection": 
 #: The paper's Querent with the learned scorer: the base of the ablations (per-patch selection,
 #: as the paper ablates it).
 QUERENT = {**PAPER, "scorer": "learned"}
-#: The default Querent (the README's choice from the main study; see "Does context matter?").
+#: The default Querent (chosen from the main study: docs/context-study.md, "Defaults").
 DEFAULT = {**QUERENT, "selection": "region"}
 LOCAL = {**PAPER, "local": True}
 GEOMETRY = {"positional": "relative", "training": {"augment": True}}

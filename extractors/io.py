@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from functools import reduce
 from pathlib import Path
@@ -34,12 +35,14 @@ logger = logging.getLogger(__name__)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.
 
-    The temporary file is ``path`` + ``.tmp`` in the same folder (so the rename is atomic). On
-    any exception it is removed and ``path`` is untouched; a killed process leaves only ``*.tmp``.
+    The temporary file is ``path`` + ``.{host}.{pid}.tmp`` in the same folder, so the rename is
+    atomic and two processes writing the same file (planners of one folder on two nodes) never
+    share one. On any exception it is removed and ``path`` is untouched; a killed process leaves
+    only ``*.tmp``.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(f"{final.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, final)

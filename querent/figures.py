@@ -155,12 +155,15 @@ def _tissue_rings(path: Path) -> list[np.ndarray]:
 
 def draw_run_heatmaps(
     eval_dirs: Sequence[Path],
-    thumbnails_dir: str | Path,
-    tissue_dir: str | Path,
+    thumbnails: Mapping[str, Path],
+    tissue: Mapping[str, Path],
     out_dir: str | Path,
     settings: PlotSettings,
 ) -> pd.DataFrame:
     """Heatmaps and QuPath overlays of one model run's chosen slides (see :func:`heatmap_slides`).
+
+    ``thumbnails`` and ``tissue`` give each slide's thumbnail (JPEG with its JSON scale beside
+    it) and tissue GeoJSON, as segmentation wrote them.
 
     Per slide: ``{slide}_attention.png`` and, for Querent, ``{slide}_regions.png`` (how often
     each region was picked) and ``{slide}_query.png`` (the top-attended patch and its regions),
@@ -179,14 +182,14 @@ def draw_run_heatmaps(
         arrays = read_attention(attention_file, slide)
         coords, attrs = read_coords(arrays["features"])
         size = int(attrs.get("patch_size_level0", attrs.get("step_level0", 1)))
-        thumbnail, downsample = read_thumbnail(Path(thumbnails_dir) / f"{slide}.jpg")
+        thumbnail, downsample = read_thumbnail(thumbnails[slide])
         geometry = (thumbnail, coords, size, downsample)
         attention = arrays["attention"]
         title = f"{slide} ({group}, {why})" if group else f"{slide} (listed)"
         figures = {
             "attention": heatmap.attention_figure(
                 *geometry, attention, title=title, how=settings.normalise,
-                tissue=_tissue_rings(Path(tissue_dir) / f"{slide}.geojson"),
+                tissue=_tissue_rings(tissue[slide]),
             )
         }  # fmt: skip
         measurements = {

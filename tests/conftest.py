@@ -1,18 +1,11 @@
+"""Fixtures of every test: the real slides of ../shared/slides, made slides and cohorts."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_SLIDES = ROOT.parent / "shared" / "slides"
-
-
-def shared_slide(name: str) -> Path:
-    """A real slide from ../shared/slides, or skip when that folder is absent."""
-    path = SHARED_SLIDES / name
-    if not path.is_file():
-        pytest.skip(f"real slide {path} not available (../shared/slides is absent)")
-    return path
+from tests.helpers import shared_slide
 
 
 @pytest.fixture

@@ -7,13 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The real slides beside the checkout (see its README); tests skip without them.
+SHARED_SLIDES = ROOT.parent / "shared" / "slides"
 #: What a copy of the workflow needs.
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "environment.yml", "workflow", "profiles")
 #: The committed tiny test config.
 TINY_CONFIG = ROOT / "tests" / "workflow" / "config.yaml"
+
+
+def shared_slide(name: str) -> Path:
+    """A real slide from ../shared/slides, or skip when that folder is absent."""
+    path = SHARED_SLIDES / name
+    if not path.is_file():
+        pytest.skip(f"real slide {path} not available (../shared/slides is absent)")
+    return path
 
 
 def workflow_copy(path: Path) -> Path:
@@ -65,3 +76,17 @@ def job_counts(output: str) -> dict[str, int]:
                 break
             counts[name] = int(count)
     return counts
+
+
+def default_config(**sections: dict) -> dict:
+    """The shipped config.yaml with ``sections`` merged in key by key, defaults filled in and
+    validated against the schema, as Snakemake hands it to the workflow."""
+    from snakemake.utils import validate
+
+    from querent.schemas import CONFIG_SCHEMA
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
+    validate(config, str(CONFIG_SCHEMA))
+    return config

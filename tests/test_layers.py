@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _loaded(*modules: str) -> set[str]:
@@ -66,6 +66,15 @@ def _hits(loaded: set[str], forbidden: tuple[str, ...]) -> list[str]:
             ("torch", "openslide", "cv2", "extractors.wsi", "querent.engine", "querent.models"),
         ),
         (("extractors.io", "extractors.errors"), ("torch", "openslide", "cv2", "querent")),
+        # planning runs while Snakemake builds the DAG: no torch, no timm
+        (
+            (
+                "querent.pipeline.plan",
+                "querent.pipeline.housekeeping",
+                "querent.pipeline.registries",
+            ),
+            ("torch", "timm"),
+        ),
     ],
 )
 def test_lower_floors_load_nothing_from_above(modules, forbidden):
@@ -84,3 +93,18 @@ def test_extractors_never_import_querent():
     )
     assert "extractors.wsi.reader" in loaded  # the check itself reaches the slide code
     assert _hits(loaded, ("querent",)) == []
+
+
+def test_no_floor_below_the_app_loads_the_pipeline_package():
+    """querent.pipeline (app floor) may import every floor; none of them imports it back."""
+    loaded = _loaded(
+        "querent.engine.train",
+        "querent.engine.evaluate",
+        "querent.engine.cli",
+        "querent.figures",
+        "querent.data.cli",
+        "querent.models",
+        "extractors.cli",
+        "extractors.qc",
+    )
+    assert _hits(loaded, ("querent.pipeline", "snakemake")) == []

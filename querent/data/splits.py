@@ -156,6 +156,13 @@ def check_splits(cohort: Cohort, settings: SplitSettings) -> None:
         _case_strata(cohort, settings.folds)
 
 
+def split_cohort(cohort: Cohort, settings: SplitSettings) -> pd.DataFrame:
+    """The cohort's splits: the user's ``settings.file`` (checked), else new folds."""
+    if settings.file:
+        return read_splits(settings.file, cohort)
+    return make_splits(cohort, settings)
+
+
 def _slides_of(cohort: Cohort, cases: pd.Index) -> list[str]:
     return cohort.table.loc[cohort.table["case_id"].isin(cases), "slide_id"].tolist()
 

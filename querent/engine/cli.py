@@ -11,6 +11,12 @@ import argparse
 from pathlib import Path
 
 from extractors.errors import SettingsError
+from querent.schemas import CONFIG_SCHEMA
+
+#: The workflow's paths, the defaults of these commands (its rules write the same files).
+DEMO_SHEET = "resources/demo/cohort.csv"
+EXTRACTED_FEATURES = "results/features/{encoder}"
+SPLITS = Path("results/splits/splits.csv")
 
 
 def _config(path: Path) -> dict:
@@ -22,16 +28,29 @@ def _config(path: Path) -> dict:
         config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise SettingsError(f"{path}: not a readable YAML config ({err})") from err
-    schema = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
-    if schema.is_file():
-        validate(config, str(schema))
+    validate(config, str(CONFIG_SCHEMA))
     return config
 
 
 def _experiment(args: argparse.Namespace):
-    from querent.engine.experiment import load_experiment
+    from querent.data.splits import SplitSettings
+    from querent.engine.experiment import (
+        cohort_settings,
+        features_folder,
+        load_experiment,
+        pick_encoder,
+    )
+    from querent.engine.runs import model_runs
 
-    return load_experiment(_config(args.config), args.encoder)
+    config = _config(args.config)
+    encoder = pick_encoder(config, args.encoder)
+    return load_experiment(
+        cohort_settings(config, DEMO_SHEET),
+        SplitSettings(**config.get("splits", {})),
+        features_folder(config, encoder, EXTRACTED_FEATURES),
+        encoder=encoder,
+        runs=model_runs(config.get("models", {}), config.get("training", {})),
+    )
 
 
 def _run_dir(args: argparse.Namespace, root: str, encoder: str) -> Path:
@@ -40,10 +59,10 @@ def _run_dir(args: argparse.Namespace, root: str, encoder: str) -> Path:
 
 def run_splits(args: argparse.Namespace) -> None:
     """Write patient-level folds of the cohort (or check the user's split file)."""
-    from querent.data.splits import write_splits
-    from querent.engine.experiment import splits_table
+    from querent.data.splits import split_cohort, write_splits
 
-    table = splits_table(_experiment(args))
+    experiment = _experiment(args)
+    table = split_cohort(experiment.cohort, experiment.splits)
     write_splits(table, args.out)
     counts = table["fold"].value_counts().sort_index()
     print(f"{args.out}\t" + ", ".join(f"fold {k}: {n} slides" for k, n in counts.items()))
@@ -127,8 +146,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--splits",
         type=Path,
-        default=Path("results/splits/splits.csv"),
-        help="split file (default: results/splits/splits.csv, from `querent splits`)",
+        default=SPLITS,
+        help=f"split file (default: {SPLITS}, from `querent splits`)",
     )
     parser.add_argument(
         "-o", "--out-dir", type=Path, help="output folder (default: the workflow's path)"
@@ -153,8 +172,8 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
         "-o",
         "--out",
         type=Path,
-        default=Path("results/splits/splits.csv"),
-        help="split file to write (default: results/splits/splits.csv)",
+        default=SPLITS,
+        help=f"split file to write (default: {SPLITS})",
     )
     splits.set_defaults(func=run_splits)
 

@@ -1,25 +1,23 @@
-"""An experiment from the config: cohort, feature files, splits and model runs.
+"""An experiment: cohort, feature files, splits and model runs, from the config's sections.
 
-The Snakemake adapters and the CLI build the same :class:`Experiment` from the same config
-mapping (``config.yaml``), so a model trained by ``querent train`` equals the workflow's.
+The Snakemake adapters (from their rule's params) and the CLI (from ``config.yaml``) build the
+same :class:`Experiment` from the same sections, so a model trained by ``querent train`` equals
+the workflow's. Where files are written is said by the rules and the CLI's defaults, not here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import Cohort, CohortSettings, format_items, read_cohort
-from querent.data.splits import SplitSettings, fold_slides, make_splits, read_splits
-from querent.engine.runs import ModelRun, model_runs
+from querent.data.splits import SplitSettings, fold_slides, read_splits
+from querent.engine.runs import ModelRun
 
 logger = logging.getLogger(__name__)
-
-#: The demo's cohort sheet, the default when ``cohort.sheet`` is empty.
-DEMO_SHEET = "resources/demo/cohort.csv"
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,11 @@ class Experiment:
         )
 
 
-def cohort_settings(config: Mapping) -> CohortSettings:
-    """The ``cohort`` section, with the demo sheet when none is set."""
+def cohort_settings(config: Mapping, demo_sheet: str | Path) -> CohortSettings:
+    """The ``cohort`` section, with ``demo_sheet`` (the demo's cohort sheet) when none is set."""
     section = dict(config.get("cohort", {}))
     if not section.get("sheet"):
-        section["sheet"] = DEMO_SHEET
+        section["sheet"] = str(demo_sheet)
     return CohortSettings(**section)
 
 
@@ -80,9 +78,15 @@ def pick_encoder(config: Mapping, encoder: str | None = None) -> str:
     return encoder
 
 
-def features_folder(config: Mapping, encoder: str) -> Path:
-    """Where ``encoder``'s feature files are: ``features.dir``, else the extraction output."""
-    return Path(config["features"].get("dir") or f"results/features/{encoder}")
+def features_folder(config: Mapping, encoder: str, extracted: str) -> Path:
+    """Where ``encoder``'s feature files are: ``features.dir``, else ``extracted``.
+
+    Args:
+        config: The config (its ``features`` section).
+        encoder: The encoder.
+        extracted: Folder the extraction writes, with ``{encoder}``.
+    """
+    return Path(config["features"].get("dir") or extracted.format(encoder=encoder))
 
 
 def match_features(
@@ -126,28 +130,52 @@ def match_features(
 
 
 def load_experiment(
-    config: Mapping, encoder: str | None = None, available: set[str] | None = None
+    cohort: CohortSettings,
+    splits: SplitSettings,
+    folder: Path,
+    *,
+    encoder: str,
+    runs: dict[str, ModelRun],
+    available: set[str] | None = None,
 ) -> Experiment:
-    """The experiment the config describes, on ``encoder``'s features (see :func:`pick_encoder`).
+    """The cohort sheet read and paired with the feature files of ``folder``.
 
-    Paths are relative to the working directory.
+    Args:
+        cohort: The cohort settings (sheet, task, columns).
+        splits: The split settings.
+        folder: Folder of the encoder's feature files (``{slide_id}.h5``).
+        encoder: The encoder whose features these are.
+        runs: Model runs by name.
+        available: Slide ids whose files will exist; None: the files in ``folder`` now.
     """
-    encoder = pick_encoder(config, encoder)
-    settings = cohort_settings(config)
-    cohort = read_cohort(settings.sheet, settings)
-    folder = features_folder(config, encoder)
-    cohort, files = match_features(cohort, folder, settings.on_missing, available)
-    return Experiment(
-        cohort=cohort,
-        files=files,
+    table = read_cohort(cohort.sheet, cohort)
+    table, files = match_features(table, folder, cohort.on_missing, available)
+    return Experiment(cohort=table, files=files, encoder=encoder, splits=splits, runs=runs)
+
+
+def job_experiment(
+    cohort: Mapping,
+    splits: Mapping,
+    features: Sequence[str | Path],
+    *,
+    encoder: str,
+    runs: dict[str, ModelRun] | None = None,
+) -> Experiment:
+    """The experiment of one workflow job, from its rule's params and declared feature files.
+
+    Args:
+        cohort: The ``cohort`` section, its sheet resolved (the demo's when empty).
+        splits: The ``splits`` section.
+        features: The job's feature files (one folder, ``{slide_id}.h5``).
+        encoder: The encoder whose features these are.
+        runs: The job's model runs by name (none for splits and evaluation).
+    """
+    files = [Path(path) for path in features]
+    return load_experiment(
+        CohortSettings(**cohort),
+        SplitSettings(**splits),
+        files[0].parent,
         encoder=encoder,
-        splits=SplitSettings(**config.get("splits", {})),
-        runs=model_runs(config.get("models", {}), config.get("training", {})),
+        runs=runs or {},
+        available={path.stem for path in files},
     )
-
-
-def splits_table(experiment: Experiment):
-    """The splits: the user's file (checked) or new folds."""
-    if experiment.splits.file:
-        return read_splits(experiment.splits.file, experiment.cohort)
-    return make_splits(experiment.cohort, experiment.splits)

@@ -19,7 +19,7 @@ from extractors.extract import ExtractionOptions, extract_slide
 from extractors.io import write_coords
 from extractors.wsi import tiling, tissue
 from extractors.wsi.reader import Slide
-from tests.conftest import shared_slide
+from tests.helpers import shared_slide
 
 PATCHES = 6
 OPTIONS = ExtractionOptions(num_workers=0)

@@ -14,7 +14,7 @@ from extractors.wsi.reader import Slide
 
 @pytest.fixture(scope="module")
 def cmu_coords(tmp_path_factory):
-    from tests.conftest import shared_slide
+    from tests.helpers import shared_slide
 
     path = shared_slide("cmu-1-small-region.svs")
     out = tmp_path_factory.mktemp("coords")

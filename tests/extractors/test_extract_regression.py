@@ -18,7 +18,7 @@ import pytest
 
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.io import read_features, write_coords
-from tests.conftest import shared_slide
+from tests.helpers import shared_slide
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "extract_reference"
 #: case -> (slide file, Slide keyword arguments); as in make_reference.py.

@@ -10,10 +10,11 @@ from querent.data.cohort import CohortSettings
 from querent.data.splits import SplitSettings
 from querent.engine.runs import TrainSettings, model_runs
 from querent.figures import PlotSettings
+from querent.schemas import CONFIG_SCHEMA
 from tests.helpers import ROOT
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
-SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(CONFIG_SCHEMA.read_text())
 SECTIONS = {
     "tiling": TilingParams,
     "cohort": CohortSettings,
@@ -67,3 +68,18 @@ def test_the_shipped_config_leaves_the_demo_to_auto():
     """A fresh clone runs the demo; setting slides.dir alone runs your slides instead."""
     assert CONFIG["demo"]["enabled"] == "auto"
     assert SCHEMA["properties"]["demo"]["properties"]["enabled"]["enum"] == ["auto", True, False]
+
+
+def test_the_schema_lists_every_registered_model_and_no_other():
+    from querent.models import list_models
+
+    arch = SCHEMA["properties"]["models"]["additionalProperties"]["properties"]["arch"]
+    assert arch["enum"] == list_models()
+
+
+def test_no_rule_names_a_conda_environment():
+    """The docs say: run Snakemake inside the project's environment, not with --use-conda
+    (Snakemake copies environment.yml away from the checkout its `pip: -e .` needs)."""
+    rules = [ROOT / "Snakefile", ROOT / "workflow/Snakefile"]
+    rules += sorted((ROOT / "workflow/rules").glob("*.smk"))
+    assert [path.name for path in rules if "conda:" in path.read_text()] == []

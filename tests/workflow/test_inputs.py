@@ -75,7 +75,7 @@ def test_what_common_smk_imports_loads_no_torch_or_timm():
     header = "\n".join(header)
     modules = re.findall(r"^from (\S+) import", header, re.MULTILINE)
     modules += re.findall(r"^import (\S+)$", header, re.MULTILINE)
-    assert "querent.engine.experiment" in modules and "extractors.wsi.discovery" in modules
+    assert "querent.pipeline.plan" in modules and "querent.pipeline" in modules
     code = (
         "import importlib, json, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
@@ -150,14 +150,14 @@ def test_cross_field_problems_are_reported_together(project):
     config = {
         "tiling": {"patch_size": 128, "overlap": 128},
         "features": {"encoder": "uni_v3"},
-        "models": {"big": {"arch": "resnet"}},
+        "models": {"big": {"arch": "querent", "topk": 3}},
         "cohort": {"classes": ["A", "B"], "task": "survival"},
         "plots": {"heatmap_slides": ["no_such_slide"]},
     }
     code, output = snakemake(project, "-n", config=config)
     assert code != 0
     assert "5 problems" in output, output
-    for named in ("overlap", "uni_v3", "resnet", "cohort.classes", "no_such_slide"):
+    for named in ("overlap", "uni_v3", "topk", "cohort.classes", "no_such_slide"):
         assert named in output, named
     assert not (project / "results").exists()
 

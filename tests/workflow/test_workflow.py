@@ -55,7 +55,7 @@ def test_default_config_plans_the_demo_cohort_to_trained_models(tmp_path):
         ({"features": {"encoder": "uni_v3"}}, "efficientnet_lite0"),
         ({"features": {"on_decode_error": "ignore"}}, "on_decode_error"),
         ({"grids": {"region_size": 0}}, "region_size"),
-        ({"models": {"big": {"arch": "resnet"}}}, "abmil, full_attention"),
+        ({"models": {"big": {"arch": "resnet"}}}, "'abmil', 'full_attention'"),
         ({"models": {"querent": {"topk": 3}}}, "querent takes no argument topk"),
         ({"training": {"epochz": 3}}, "epochz"),
         ({"splits": {"folds": 3}}, "3 folds need at least 3 cases per class"),

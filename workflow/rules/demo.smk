@@ -1,14 +1,12 @@
 rule make_demo_slide:
     output:
         "resources/demo/slides/{slide}.svs",
-    params:
-        label=demo_label,
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/{slide}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        label=demo_label,
+        seed=config["demo"]["seed"],
     script:
         "../scripts/make_demo_slide.py"
 
@@ -16,13 +14,11 @@ rule make_demo_slide:
 rule make_demo_cohort:
     output:
         "resources/demo/cohort.csv",
-    params:
-        n_slides=config["demo"]["n_slides"],
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/cohort.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        n_slides=config["demo"]["n_slides"],
+        seed=config["demo"]["seed"],
     script:
         "../scripts/make_demo_cohort.py"

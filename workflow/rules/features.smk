@@ -11,11 +11,6 @@ if SLIDES_PER_JOB == 1:
             coords="results/coords/{slide}.h5",
         output:
             "results/features/{encoder}/{slide}.h5",
-        params:
-            slide=slide_kwargs,
-            checkpoint=encoder_checkpoint,
-            skip_errors=config["features"]["on_decode_error"] == "skip",
-            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
         log:
             "logs/features/{encoder}/{slide}.log",
         benchmark:
@@ -25,8 +20,11 @@ if SLIDES_PER_JOB == 1:
             mem_mb=8000,
             runtime=lambda wildcards, attempt: 120 * attempt,
             gpu=1,
-        conda:
-            "../../environment.yml"
+        params:
+            slide=slide_kwargs,
+            checkpoint=encoder_checkpoint,
+            skip_errors=config["features"]["on_decode_error"] == "skip",
+            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
         script:
             "../scripts/extract_features.py"
 
@@ -39,13 +37,9 @@ else:
                 "results/coords/{slide}.h5", slide=BATCHES[wildcards.batch]
             ),
         output:
-            "results/features/{encoder}/batches/{batch}.tsv",
-        params:
-            slides=lambda wildcards: {s: slide_kwargs_of(s) for s in BATCHES[wildcards.batch]},
-            staged="results/features/{encoder}/staged",
-            checkpoint=encoder_checkpoint,
-            skip_errors=config["features"]["on_decode_error"] == "skip",
-            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
+            manifest="results/features/{encoder}/batches/{batch}.tsv",
+            # kept when the job reruns, so slides staged before a crash are not encoded again
+            staged=update(directory("results/features/{encoder}/staged/{batch}")),
         log:
             "logs/features/{encoder}/{batch}.log",
         benchmark:
@@ -55,22 +49,25 @@ else:
             mem_mb=8000,
             runtime=lambda wildcards, attempt: 60 * attempt * len(BATCHES[wildcards.batch]),
             gpu=1,
-        conda:
-            "../../environment.yml"
+        params:
+            slides=lambda wildcards: {s: slide_kwargs_of(s) for s in BATCHES[wildcards.batch]},
+            checkpoint=encoder_checkpoint,
+            skip_errors=config["features"]["on_decode_error"] == "skip",
+            allow_mpp_mismatch=config["features"]["allow_mpp_mismatch"],
         script:
             "../scripts/extract_feature_batch.py"
 
     rule extract_features:
         input:
-            lambda wildcards: f"results/features/{wildcards.encoder}/batches/"
+            manifest=lambda wildcards: f"results/features/{wildcards.encoder}/batches/"
             f"{SLIDE_BATCH[wildcards.slide]}.tsv",
+            staged=lambda wildcards: f"results/features/{wildcards.encoder}/staged/"
+            f"{SLIDE_BATCH[wildcards.slide]}",
         output:
             "results/features/{encoder}/{slide}.h5",
         log:
             "logs/features/{encoder}/{slide}.log",
         threads: 1
-        conda:
-            "../../environment.yml"
         script:
             "../scripts/publish_features.py"
 
@@ -86,8 +83,6 @@ rule export_stamp:
     log:
         "logs/stamp/{encoder}/{slide}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/export_stamp.py"
 
@@ -101,8 +96,6 @@ rule export_clam:
     log:
         "logs/clam/{encoder}/{slide}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/export_clam.py"
 
@@ -115,7 +108,5 @@ rule export_clam_patches:
     log:
         "logs/clam/patches/{slide}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/export_clam_patches.py"

@@ -4,15 +4,13 @@ rule make_splits:
         splits_file=split_file_input(),
     output:
         "results/splits/splits.csv",
-    params:
-        cohort=config["cohort"],
-        splits=config["splits"],
-        slides=TRAIN_SLIDES,
     log:
         "logs/splits/splits.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        cohort=cohort_params(),
+        splits=config["splits"],
+        slides=TRAIN_SLIDES,
     script:
         "../scripts/make_splits.py"
 
@@ -25,9 +23,6 @@ rule train_model:
     output:
         model="results/models/{model}/{encoder}/fold_{fold}/model.pt",
         history="results/models/{model}/{encoder}/fold_{fold}/history.csv",
-    params:
-        run=lambda wildcards: config["models"][wildcards.model],
-        training=config["training"],
     log:
         "logs/models/{model}/{encoder}/fold_{fold}.log",
     benchmark:
@@ -37,8 +32,11 @@ rule train_model:
         mem_mb=8000,
         runtime=240,
         gpu=1,
-    conda:
-        "../../environment.yml"
+    params:
+        cohort=cohort_params(),
+        splits=config["splits"],
+        run=lambda wildcards: config["models"][wildcards.model],
+        training=config["training"],
     script:
         "../scripts/train_model.py"
 
@@ -62,8 +60,9 @@ rule evaluate_model:
         mem_mb=8000,
         runtime=60,
         gpu=1,
-    conda:
-        "../../environment.yml"
+    params:
+        cohort=cohort_params(),
+        splits=config["splits"],
     script:
         "../scripts/evaluate_model.py"
 
@@ -78,13 +77,11 @@ rule aggregate_metrics:
         ),
     output:
         "results/eval/summary.tsv",
-    params:
-        runs=[(model, encoder) for model in config["models"] for encoder in ENCODERS],
-        folds=FOLDS,
     log:
         "logs/eval/summary.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        runs=[(model, encoder) for model in config["models"] for encoder in ENCODERS],
+        folds=FOLDS,
     script:
         "../scripts/aggregate_metrics.py"

@@ -37,9 +37,7 @@ rule qc_summary:
     input:
         tissue=expand(QC_SETTINGS["layout"]["tissue"], slide=sorted(SLIDES)),
         coords=expand(QC_SETTINGS["layout"]["coords"], slide=sorted(SLIDES)),
-        features=expand(
-            QC_SETTINGS["layout"]["features"], slide=sorted(SLIDES), encoder=ENCODERS
-        ),
+        features=expand(QC_SETTINGS["layout"]["features"], slide=sorted(SLIDES), encoder=ENCODERS),
     output:
         report(
             QC_TABLE,
@@ -47,12 +45,10 @@ rule qc_summary:
             category="Tissue and patches",
             labels={"slide": "all slides (QC table)"},
         ),
-    params:
-        qc=QC_SETTINGS,
     log:
         "logs/qc/summary.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        qc=QC_SETTINGS,
     script:
         "../scripts/qc_summary.py"

@@ -3,9 +3,7 @@ rule plot_run:
         predictions=expand(
             "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
         ),
-        histories=expand(
-            "results/models/{{model}}/{{encoder}}/fold_{fold}/history.csv", fold=FOLDS
-        ),
+        histories=expand("results/models/{{model}}/{{encoder}}/fold_{fold}/history.csv", fold=FOLDS),
     output:
         report(
             directory("results/plots/{model}/{encoder}"),
@@ -15,13 +13,11 @@ rule plot_run:
             subcategory="{model} ({encoder})",
             labels={"figure": "{name}"},
         ),
-    params:
-        plots=config["plots"],
     log:
         "logs/plots/{model}/{encoder}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        plots=config["plots"],
     script:
         "../scripts/plot_run.py"
 
@@ -44,13 +40,11 @@ rule plot_summary:
             subcategory="Summary",
             labels={"figure": "main metric"},
         ),
-    params:
-        plots=config["plots"],
     log:
         "logs/plots/summary.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        plots=config["plots"],
     script:
         "../scripts/plot_summary.py"
 
@@ -60,9 +54,7 @@ rule draw_heatmaps:
         predictions=expand(
             "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
         ),
-        attention=expand(
-            "results/eval/{{model}}/{{encoder}}/fold_{fold}/attention.h5", fold=FOLDS
-        ),
+        attention=expand("results/eval/{{model}}/{{encoder}}/fold_{fold}/attention.h5", fold=FOLDS),
         thumbnails=expand("results/thumbnails/{slide}.jpg", slide=TRAIN_SLIDES),
         tissue=expand("results/tissue/{slide}.geojson", slide=TRAIN_SLIDES),
         features=train_features,
@@ -75,13 +67,11 @@ rule draw_heatmaps:
             subcategory="{model} ({encoder})",
             labels={"figure": "{name}"},
         ),
-    params:
-        plots=config["plots"],
     log:
         "logs/heatmaps/{model}/{encoder}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        plots=config["plots"],
     script:
         "../scripts/draw_heatmaps.py"
 
@@ -99,14 +89,12 @@ rule top_patches:
             subcategory="{model} ({encoder})",
             labels={"figure": "{name}"},
         ),
-    params:
-        plots=config["plots"],
-        slides=trained_slide_kwargs(),
     log:
         "logs/top_patches/{model}/{encoder}.log",
     threads: 1
-    conda:
-        "../../environment.yml"
+    params:
+        plots=config["plots"],
+        slides=trained_slide_kwargs(),
     script:
         "../scripts/top_patches.py"
 
@@ -130,7 +118,5 @@ rule record_provenance:
     log:
         "logs/provenance.log",
     threads: 1
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/record_provenance.py"

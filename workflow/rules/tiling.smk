@@ -6,19 +6,17 @@ rule segment_tissue:
         qc="results/tissue/{slide}_qc.jpg",
         thumbnail="results/thumbnails/{slide}.jpg",
         scale="results/thumbnails/{slide}.json",
-    params:
-        slide=slide_kwargs,
-        tissue=tissue_settings,
     log:
         "logs/tissue/{slide}.log",
     benchmark:
         "logs/tissue/{slide}.benchmark.tsv"
     threads: 1
-    conda:
-        "../../environment.yml"
     resources:
         mem_mb=slide_stage_memory,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        slide=slide_kwargs,
+        tissue=tissue_settings,
     script:
         "../scripts/segment_tissue.py"
 
@@ -36,18 +34,16 @@ rule tile_slide:
             category="Tissue and patches",
             labels={"slide": "{slide}"},
         ),
-    params:
-        slide=slide_kwargs,
-        tiling=config["tiling"],
     log:
         "logs/coords/{slide}.log",
     benchmark:
         "logs/coords/{slide}.benchmark.tsv"
     threads: 1
-    conda:
-        "../../environment.yml"
     resources:
         mem_mb=slide_stage_memory,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        slide=slide_kwargs,
+        tiling=config["tiling"],
     script:
         "../scripts/tile_slide.py"

@@ -6,10 +6,12 @@ from extractors.logs import log_to_file
 from querent.engine.aggregate import aggregate, format_summary, write_summary
 
 log_to_file(snakemake.log[0])
-folds = snakemake.params.folds
+# the inputs are every run's folds in order: runs (model-major, then encoder), then folds
+folds = len(snakemake.params.folds)
+dirs = [Path(path).parent for path in snakemake.input.predictions]
 runs = [
-    (model, encoder, [Path(f"results/eval/{model}/{encoder}/fold_{k}") for k in folds])
-    for model, encoder in snakemake.params.runs
+    (model, encoder, dirs[i * folds : (i + 1) * folds])
+    for i, (model, encoder) in enumerate(snakemake.params.runs)
 ]
 table = aggregate(runs)
 write_summary(table, snakemake.output[0])

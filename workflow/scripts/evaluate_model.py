@@ -6,14 +6,15 @@ import torch
 
 from extractors.logs import log_to_file
 from querent.engine.evaluate import evaluate_fold
-from querent.engine.experiment import load_experiment
+from querent.engine.experiment import job_experiment
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-experiment = load_experiment(
-    snakemake.config,
-    snakemake.wildcards.encoder,
-    available={Path(p).stem for p in snakemake.input.features},
+experiment = job_experiment(
+    snakemake.params.cohort,
+    snakemake.params.splits,
+    snakemake.input.features,
+    encoder=snakemake.wildcards.encoder,
 )
 _, _, eval_ids = experiment.fold(snakemake.input.splits, int(snakemake.wildcards.fold))
 evaluate_fold(

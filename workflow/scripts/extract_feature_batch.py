@@ -14,7 +14,7 @@ torch.set_num_threads(snakemake.threads)
 encoder = create_encoder(
     snakemake.wildcards.encoder, checkpoint=snakemake.params.checkpoint or None
 ).to(pick_device(None))
-staged = Path(snakemake.params.staged)
+staged = Path(snakemake.output.staged)
 slides = [
     BatchSlide(slide_id, Path(slide), Path(coords), staged / f"{slide_id}.h5", kwargs)
     for (slide_id, kwargs), slide, coords in zip(
@@ -24,7 +24,7 @@ slides = [
 extract_batch(
     slides,
     encoder,
-    snakemake.output[0],
+    snakemake.output.manifest,
     options=ExtractionOptions(
         skip_errors=snakemake.params.skip_errors,
         allow_mpp_mismatch=snakemake.params.allow_mpp_mismatch,

@@ -1,11 +1,12 @@
 """Snakemake adapter: patient-level folds of the cohort (or the user's split file, checked)."""
 
 from extractors.logs import log_to_file
-from querent.data.splits import write_splits
-from querent.engine.experiment import config_encoders, load_experiment, splits_table
+from querent.data.cohort import CohortSettings, read_cohort
+from querent.data.splits import SplitSettings, split_cohort, write_splits
 
 log_to_file(snakemake.log[0])
-# one set of folds for every encoder: the first one's feature folder only names the files
-encoder = config_encoders(snakemake.config)[0]
-experiment = load_experiment(snakemake.config, encoder, available=set(snakemake.params.slides))
-write_splits(splits_table(experiment), snakemake.output[0])
+params = snakemake.params
+# the slides that train, as planned (one set of folds for every encoder)
+cohort = read_cohort(params.cohort["sheet"], CohortSettings(**params.cohort))
+table = split_cohort(cohort.subset(params.slides), SplitSettings(**params.splits))
+write_splits(table, snakemake.output[0])

@@ -5,26 +5,36 @@ from pathlib import Path
 import torch
 
 from extractors.logs import log_to_file
-from querent.engine.experiment import load_experiment
+from querent.engine.experiment import job_experiment
+from querent.engine.runs import model_runs
 from querent.engine.train import train_fold
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-experiment = load_experiment(
-    snakemake.config,
-    snakemake.wildcards.encoder,
-    available={Path(p).stem for p in snakemake.input.features},
+params, wildcards = snakemake.params, snakemake.wildcards
+experiment = job_experiment(
+    params.cohort,
+    params.splits,
+    snakemake.input.features,
+    encoder=wildcards.encoder,
+    runs=model_runs({wildcards.model: params.run}, params.training),
 )
-fold = int(snakemake.wildcards.fold)
+fold = int(wildcards.fold)
 train_ids, val_ids, _ = experiment.fold(snakemake.input.splits, fold)
 train_fold(
-    experiment.runs[snakemake.wildcards.model],
+    experiment.runs[wildcards.model],
     experiment.cohort,
     experiment.files,
     train_ids,
     val_ids,
     Path(snakemake.output.model).parent,
-    encoder=snakemake.wildcards.encoder,
+    encoder=wildcards.encoder,
     fold=fold,
-    config=snakemake.config,
+    # what this job was given, for the checkpoint's provenance
+    config={
+        "cohort": params.cohort,
+        "splits": params.splits,
+        "models": {wildcards.model: params.run},
+        "training": params.training,
+    },
 )

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import CohortSettings, read_cohort
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SURVIVAL = CohortSettings(task="survival")
 

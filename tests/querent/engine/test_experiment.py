@@ -23,6 +23,6 @@ def test_the_only_encoder_is_picked_and_of_several_one_must_be_named():
 
 
 def test_each_encoder_has_its_feature_folder_unless_the_lab_brings_its_own():
-    assert features_folder(TWO, "virchow2") == Path("results/features/virchow2")
+    assert features_folder(TWO, "virchow2", "out/{encoder}") == Path("out/virchow2")
     own = {"features": {"encoder": "lab", "dir": "/data/features"}}
-    assert features_folder(own, "lab") == Path("/data/features")
+    assert features_folder(own, "lab", "out/{encoder}") == Path("/data/features")

@@ -6,6 +6,7 @@ import torch
 from querent.engine.losses import cross_entropy, discrete_time_nll
 from querent.models import create_model, list_models
 
+pytestmark = pytest.mark.slow
 IN_DIM, N_BAGS, N_BINS = 16, 6, 4
 SMALL = {
     "querent": {"dim": 32, "heads": 2, "region_size": 2, "top_k": 2, "scorer": "learned"},
