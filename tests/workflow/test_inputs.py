@@ -162,21 +162,14 @@ def test_cross_field_problems_are_reported_together(project):
     assert not (project / "results").exists()
 
 
+# Every other problem is unit-tested in tests/querent/pipeline/test_plan.py; these few check
+# that planning's problems reach the person through Snakemake.
 @pytest.mark.parametrize(
     ("config", "named"),
     [
         ({"tiling": {"target_mpp": 0.25}}, "reach encoder efficientnet_lite0"),
-        ({"training": {"batch_size": 2, "survival_loss": "cox"}, "cohort": {"task": "survival"}},
-         "Cox loss"),
-        ({"features": {"dir": "lab", "export_stamp": True}}, "features.export_stamp"),
         ({"features": {"dir": "lab"}, "slides": {"dir": "lab"}}, "features.dir and slides.dir"),
-        ({"slides": {"per_slide": {"nope": {"mpp": 0.5}}}}, "slides.per_slide"),
         ({"demo": {"enabled": "yes"}}, "demo.enabled"),
-        ({"features": {"dir": "lab", "encoder": ["a", "b"]}}, "name the one encoder"),
-        ({"features": {"encoder": ["efficientnet_lite0", "uni_v2"], "checkpoint": "w.bin"}},
-         "give it per encoder"),
-        ({"features": {"checkpoint": {"uni_v2": "w.bin"}}}, "does not list: uni_v2"),
-        ({"features": {"encoder": ["efficientnet_lite0", "uni_v3"]}}, "'uni_v3' is not a"),
     ],
 )  # fmt: skip
 def test_conflicting_settings_stop_before_any_job(project, config, named):
@@ -195,15 +188,8 @@ def _sheet(path, text):
 @pytest.mark.parametrize(
     ("inputs", "named"),
     [
-        (lambda p: {"slides": {"dir": str(p / "nowhere")}}, "slides.dir"),
-        (lambda p: {"slides": {"sheet": str(p / "nowhere.csv")}}, "slides.sheet"),
-        (lambda p: {"slides": {"sheet": _sheet(p / "s.csv", "path\n")}}, "lists no slide"),
         (lambda p: {"slides": {"sheet": _sheet(p / "s.csv", "")}}, "cannot read it"),
         (lambda p: {"cohort": {"sheet": str(p / "nowhere.csv")}}, "set cohort.sheet"),
-        (lambda p: {"cohort": {"sheet": _sheet(p / "c.csv", "slide_id,case_id,label\n")}},
-         "no slides (only a header line)"),
-        (lambda p: {"splits": {"file": str(p / "nowhere.csv")}}, "split file"),
-        (lambda p: {"demo": {"enabled": False}}, "set exactly one of slides.dir and slides.sheet"),
     ],
 )  # fmt: skip
 def test_missing_or_empty_inputs_stop_before_any_job(project, inputs, named):

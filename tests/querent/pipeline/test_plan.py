@@ -20,6 +20,7 @@ from querent.pipeline.plan import (
     slide_batches,
     table_problems,
 )
+from querent.pipeline.registries import read_registries
 from querent.schemas import COHORT_SCHEMA, CONFIG_SCHEMA
 from tests.helpers import default_config
 
@@ -226,3 +227,68 @@ def test_cohort_rows_that_break_the_sheet_schema_name_their_line():
     problems = table_problems(table, WHERE.schema, "cohort.csv")
     assert len(problems) == 2
     assert all(problem.startswith("cohort.csv line 3: ") for problem in problems)
+
+
+@pytest.fixture(scope="module")
+def known():
+    """The real registries, as the planner's subprocess reads them."""
+    return read_registries()
+
+
+def _problems(config, known, tmp_path):
+    plan, findings = _plan(config, tmp_path)
+    check_registries(config, plan.inputs, plan.encoders, known, findings)
+    return "\n".join(findings.problems)
+
+
+@pytest.mark.parametrize(
+    ("sections", "named"),
+    [
+        ({"tiling": {"target_mpp": 0.25}}, "reach encoder efficientnet_lite0"),
+        ({"training": {"batch_size": 2, "survival_loss": "cox"}, "cohort": {"task": "survival"}},
+         "Cox loss"),
+        ({"features": {"dir": "lab", "export_stamp": True}}, "features.export_stamp"),
+        ({"features": {"dir": "lab"}, "slides": {"dir": "lab"}}, "features.dir and slides.dir"),
+        ({"slides": {"per_slide": {"nope": {"mpp": 0.5}}}}, "slides.per_slide"),
+        ({"features": {"dir": "lab", "encoder": ["a", "b"]}}, "name the one encoder"),
+        ({"features": {"encoder": ["efficientnet_lite0", "uni_v2"], "checkpoint": "w.bin"}},
+         "give it per encoder"),
+        ({"features": {"checkpoint": {"uni_v2": "w.bin"}}}, "does not list: uni_v2"),
+        ({"features": {"encoder": ["efficientnet_lite0", "uni_v3"]}}, "'uni_v3' is not a"),
+    ],
+)  # fmt: skip
+def test_each_conflicting_setting_is_a_problem_naming_it(
+    sections, named, known, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab").mkdir()
+    assert named in _problems(default_config(**sections), known, tmp_path)
+
+
+def _sheet(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        (lambda p: {"slides": {"dir": str(p / "nowhere")}}, "slides.dir"),
+        (lambda p: {"slides": {"sheet": str(p / "nowhere.csv")}}, "slides.sheet"),
+        (lambda p: {"slides": {"sheet": _sheet(p / "s.csv", "path\n")}}, "lists no slide"),
+        (lambda p: {"slides": {"sheet": _sheet(p / "s.csv", "")}}, "cannot read it"),
+        (lambda p: {"cohort": {"sheet": str(p / "nowhere.csv")}}, "set cohort.sheet"),
+        (lambda p: {"cohort": {"sheet": _sheet(p / "c.csv", "slide_id,case_id,label\n")}},
+         "no slides (only a header line)"),
+        (lambda p: {"splits": {"file": str(p / "nowhere.csv")}}, "split file"),
+        (lambda p: {"demo": {"enabled": False}}, "set exactly one of slides.dir and slides.sheet"),
+    ],
+)  # fmt: skip
+def test_each_missing_or_empty_input_is_a_problem_naming_it(
+    inputs, named, known, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    sections = inputs(tmp_path)
+    if "slides" in sections:
+        sections["demo"] = OWN
+    assert named in _problems(default_config(**sections), known, tmp_path)
