@@ -47,6 +47,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from extractors.devices import pick_device
 from querent.data.cohort import CohortSettings, read_cohort
 from querent.data.context import (
     IMMUNE,
@@ -63,7 +64,7 @@ from querent.engine.evaluate import evaluate_fold
 from querent.engine.experiment import match_features
 from querent.engine.metrics import survival_metrics
 from querent.engine.runs import model_run
-from querent.engine.train import pick_device, train_fold
+from querent.engine.train import train_fold
 from querent.layers.regions import RegionLayout, region_summary
 from querent.models import create_model
 

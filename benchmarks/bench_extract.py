@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from extractors.demo import random_tissue_map, write_synthetic_slide
+from extractors.devices import pick_device
 from extractors.encoders import Encoder, create_encoder
-from extractors.extract import ExtractionOptions, extract_slide, patch_geometry, pick_device
+from extractors.extract import ExtractionOptions, extract_slide, patch_geometry
 from extractors.io import read_coords, write_coords, write_features
 from extractors.patches import PatchBlocks, collate_blocks, prepare_patch
 from extractors.wsi import tiling, tissue

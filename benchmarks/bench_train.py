@@ -21,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from extractors.devices import pick_device
 from querent.data.cohort import CohortSettings, read_cohort
 from querent.data.synthetic import write_synthetic_cohort
 from querent.engine.experiment import match_features
 from querent.engine.runs import model_run
-from querent.engine.train import pick_device, train_fold
+from querent.engine.train import train_fold
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = {  # name -> (cases, patches per slide)

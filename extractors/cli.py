@@ -1,6 +1,8 @@
-"""Slide-side subcommands of ``querent``: demo, segment, tile.
+"""Slide-side subcommands of ``querent``: demo, segment, tile, encoders, extract, export.
 
-Each runs one stage for one slide outside Snakemake, with the same code the workflow uses.
+Each runs one stage outside Snakemake with the same code the workflow uses: the demo cohort,
+the tissue and patch coordinates of one slide, the patch features of one or more slides, and
+their copy into CLAM's or STAMP's layout; ``encoders`` lists the patch encoders.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from extractors.errors import SettingsError
 from extractors.io import read_coords
 from extractors.wsi import tiling, tissue
-from extractors.wsi.discovery import check_slide_id, slide_id_from_path
+from extractors.wsi.discovery import check_slide_id
+from extractors.wsi.formats import slide_id_from_path
 from extractors.wsi.reader import Slide
 
 
@@ -206,8 +209,9 @@ def run_extract(args: argparse.Namespace) -> None:
     """
     import torch
 
+    from extractors.devices import pick_device
     from extractors.encoders import create_encoder
-    from extractors.extract import ExtractionOptions, extract_slide, pick_device
+    from extractors.extract import ExtractionOptions, extract_slide
 
     options = ExtractionOptions(
         batch_size=args.batch_size,
@@ -308,7 +312,7 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``demo``, ``segment`` and ``tile`` on the ``querent`` parser."""
+    """Register the slide-side subcommands on the ``querent`` parser."""
     demo = subparsers.add_parser(
         "demo",
         parents=[common],

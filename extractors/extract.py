@@ -117,13 +117,6 @@ def check_resolution(attrs: dict, spec: EncoderSpec, *, allow: bool, where: str)
     logger.warning("%s Going on: allow_mpp_mismatch is set.", message)
 
 
-def pick_device(name: str | None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 (fp16 on older GPUs) autocast on CUDA; None (fp32) elsewhere."""
     if device.type != "cuda":

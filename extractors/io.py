@@ -3,6 +3,7 @@
 h5py, numpy and the standard library only, so the MIL code reads features without loading any
 slide library.
 
+- Slide id: :data:`SLIDE_ID_PATTERN`, the name of every file of a slide.
 - Coords file: ``coords`` (N, 2) int64 level-0 top-left (x, y) carrying TRIDENT's, CLAM's and
   our attributes, and ``tissue_fraction`` (N,).
 - Attention file (evaluation): per slide, pooling attention and region selections
@@ -29,6 +30,10 @@ import numpy as np
 from extractors.errors import FileFormatError
 
 logger = logging.getLogger(__name__)
+
+#: Slide ids become file names and wildcards: letters, digits, '.', '_' and '-', first a letter
+#: or digit (the schemas' ``slide_id`` patterns are this, anchored).
+SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The ``querent`` command: every pipeline stage for one input, outside Snakemake."""
+"""The ``querent`` command: the slide, data and model subcommands, outside Snakemake."""
 
 from __future__ import annotations
 

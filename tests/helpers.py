@@ -90,3 +90,36 @@ def default_config(**sections: dict) -> dict:
         config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
     validate(config, str(CONFIG_SCHEMA))
     return config
+
+
+#: Small model runs that the trainer tests train on the synthetic cohort.
+TRAIN_RUNS = {
+    "abmil": {"arch": "abmil", "dim": 16, "attention_dim": 8},
+    "querent": {"arch": "querent", "dim": 16, "heads": 2, "region_size": 2, "top_k": 3},
+}
+
+
+def synthetic_fold(synthetic_cohort, task: str = "classification"):
+    """Fold 0 of 3 of the synthetic cohort: (cohort, files, train, val, evaluate)."""
+    from querent.data.cohort import CohortSettings, read_cohort
+    from querent.data.splits import SplitSettings, fold_slides, make_splits
+    from querent.engine.experiment import match_features
+
+    sheet, folder = synthetic_cohort
+    cohort = read_cohort(sheet, CohortSettings(task=task))
+    cohort, files = match_features(cohort, folder, "error")
+    splits = make_splits(cohort, SplitSettings(folds=3))
+    train, val, evaluate = fold_slides(splits, cohort, 0, val_fraction=0.2, seed=0)
+    return cohort, files, train, val, evaluate
+
+
+def train_synthetic(
+    synthetic_cohort, out, arch: str = "abmil", task: str = "classification", **training
+) -> Path:
+    """Train one of :data:`TRAIN_RUNS` on :func:`synthetic_fold`; its ``model.pt``."""
+    from querent.engine.runs import model_run
+    from querent.engine.train import train_fold
+
+    cohort, files, train, val, _ = synthetic_fold(synthetic_cohort, task)
+    run = model_run(arch, TRAIN_RUNS[arch], {"epochs": 4, "max_patches": 50, **training})
+    return train_fold(run, cohort, files, train, val, out, encoder="synthetic", fold=0)

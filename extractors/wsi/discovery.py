@@ -10,29 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from extractors.errors import SlideDiscoveryError, SlideError
-
-#: Extensions of single-file or index-file formats that OpenSlide reads.
-SLIDE_EXTENSIONS = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".svslide",
-    ".bif",
-)
-#: Slide ids become file names and wildcards: letters, digits, '.', '_' and '-' only.
-SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+from extractors.io import SLIDE_ID_PATTERN, atomic_path
+from extractors.wsi.formats import SLIDE_EXTENSIONS, slide_id_from_path
 
 
 @dataclass(frozen=True)
@@ -48,15 +33,6 @@ class SlideEntry:
     slide_id: str
     path: Path
     mpp: float | None = None
-
-
-def slide_id_from_path(path: str | Path) -> str:
-    """The slide id a file gets by default: its name without the slide extension."""
-    name = Path(path).name
-    for extension in (".ome.tiff", ".ome.tif", *SLIDE_EXTENSIONS):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return Path(name).stem
 
 
 def _id_problem(slide_id: str) -> str | None:
@@ -226,7 +202,7 @@ def metadata_mpps(
         slides: Slide id -> slide file.
         cache: JSON file that keeps the answers between runs; None: no cache.
     """
-    from extractors.wsi.reader import resolve_mpp  # the reader imports this module
+    from extractors.wsi.reader import resolve_mpp  # keeps OpenSlide and OpenCV out of planning
 
     stored = {}
     cache = Path(cache) if cache else None
@@ -265,7 +241,6 @@ def metadata_mpps(
             found[slide_id] = record[3]
     if cache is not None and changed:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stored))
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(stored))
     return found

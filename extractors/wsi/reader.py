@@ -23,7 +23,7 @@ import tifffile
 from openslide import lowlevel
 
 from extractors.errors import SlideError
-from extractors.wsi.discovery import slide_id_from_path
+from extractors.wsi.formats import TIFF_EXTENSIONS, slide_id_from_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ MPP_TOLERANCE = 0.05
 PLAUSIBLE_MPP = (0.05, 20.0)
 #: Whole-slide reads are done in chunks of this many pixels per side at the read level.
 READ_CHUNK = 4096
-_TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".svslide", ".bif")
 #: Read regions straight into a numpy buffer (OpenSlide's premultiplied ARGB, one uint32 per
 #: pixel, i.e. B, G, R, A bytes on a little-endian machine) instead of through a PIL image, which
 #: costs two more full copies; a whole-level thumbnail read takes about half the time. Falls back
@@ -203,7 +202,7 @@ class Slide:
         self.name = name
         if not self.path.is_file():
             raise SlideError(f"{name}: file not found; check the slide folder or sheet path.")
-        if self.path.suffix.lower() in _TIFF_SUFFIXES:
+        if self.path.suffix.lower() in TIFF_EXTENSIONS:
             check_tiff_complete(self.path, name)
         try:
             self._osr = openslide.OpenSlide(str(self.path))

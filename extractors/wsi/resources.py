@@ -12,6 +12,7 @@ from pathlib import Path
 import openslide
 import tifffile
 
+from extractors.wsi.formats import TIFF_EXTENSIONS
 from extractors.wsi.reader import READ_CHUNK
 from extractors.wsi.tissue import QC_MAX_SIDE, TissueParams
 
@@ -23,7 +24,6 @@ THUMBNAIL_COPIES = 8
 FALLBACK_MB = 4000
 #: MPP assumed when sizing a job (0.25: a 40x scan; finer slides are rare, coarser ones smaller).
 ASSUMED_MPP = 0.25
-_TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".bif")
 
 
 def level0_dimensions(path: str | os.PathLike) -> tuple[int, int]:
@@ -33,7 +33,7 @@ def level0_dimensions(path: str | os.PathLike) -> tuple[int, int]:
         OSError, ValueError or OpenSlideError: Not a readable slide.
     """
     path = Path(path)
-    if path.suffix.lower() in _TIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_EXTENSIONS:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             return int(page.imagewidth), int(page.imagelength)

@@ -1,4 +1,8 @@
-"""Data subcommands of ``querent``: grid, synthetic."""
+"""Data subcommands of ``querent``: grid, synthetic.
+
+``grid`` writes the regions of coords or feature files; ``synthetic`` writes a feature-level
+cohort whose label lives in the arrangement of patches.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def run_synthetic(args: argparse.Namespace) -> None:
 
 
 def add_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``grid`` on the ``querent`` parser."""
+    """Register ``grid`` and ``synthetic`` on the ``querent`` parser."""
     grid = subparsers.add_parser(
         "grid",
         parents=[common],

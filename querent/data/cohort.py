@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 
 from extractors.errors import CohortError, SettingsError
+from extractors.io import SLIDE_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("classification", "survival")
-#: Slide ids become file names and wildcards (same rule as ``extractors.wsi.discovery``, which
-#: this floor may not import).
-SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+#: The kinds of target a cohort sheet holds (``cohort.task``).
+TASK_KINDS = ("classification", "survival")
 #: Cell values read as "no value" in the label, time and event columns.
 MISSING = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "NULL"})
 _EVENTS = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
@@ -73,9 +72,9 @@ class CohortSettings:
 
     def __post_init__(self) -> None:
         """Check the task and the class list; classes become a tuple of strings."""
-        if self.task not in TASKS:
+        if self.task not in TASK_KINDS:
             raise SettingsError(
-                f"cohort.task {self.task!r} is unknown; choose one of {', '.join(TASKS)}"
+                f"cohort.task {self.task!r} is unknown; choose one of {', '.join(TASK_KINDS)}"
             )
         if self.on_missing not in ("error", "skip"):
             raise SettingsError(f"cohort.on_missing must be error or skip, got {self.on_missing!r}")

@@ -1,1 +1,1 @@
-"""Training and evaluation of MIL models (so far: the losses)."""
+"""Training and evaluation of MIL models: tasks, losses, training, checkpoints, metrics."""

@@ -10,18 +10,24 @@ training settings), ``task`` (fitted task state: class order or time-bin edges),
 
 ``resume.pt`` (beside it, deleted when training ends): the last completed epoch's model,
 optimizer, scheduler and RNG states, the best epoch so far, the history and the patience count.
+
+:class:`CheckpointSaver` writes both, and ``history.csv``, for one training run.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from extractors.errors import FileFormatError
 from extractors.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 
 def save(payload: dict, path: str | Path) -> None:
@@ -71,3 +77,101 @@ def _tuples(value: object) -> object:
     if isinstance(value, list | tuple):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+class CheckpointSaver:
+    """The files of one training run, after each epoch and at its end (timm's ``CheckpointSaver``).
+
+    Holds the best score so far (higher is better; a tie keeps the earlier epoch), its weights,
+    the epochs since then and the history. After every epoch it writes ``history.csv`` and
+    ``resume.pt``, atomically; :meth:`save_model` writes ``model.pt`` and deletes ``resume.pt``.
+
+    Args:
+        model: The model trained.
+        optimizer: Its optimizer.
+        scheduler: Its learning-rate scheduler.
+        out_dir: Folder of ``history.csv``, ``resume.pt`` and ``model.pt``.
+        signature: What makes a run the same run (settings, slides, fold, encoder): a
+            ``resume.pt`` of another signature is not continued.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        out_dir: Path,
+        signature: dict,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.out_dir, self.signature = out_dir, signature
+        self.resume_path = out_dir / "resume.pt"
+        self.history: list[dict] = []
+        self.best: tuple[float, float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def resume(self) -> int:
+        """Continue this very run's ``resume.pt``, if there is one; returns the next epoch."""
+        if not self.resume_path.exists():
+            return 0
+        state = load(self.resume_path)
+        if state.get("signature") != self.signature:
+            logger.warning(
+                "%s belongs to other settings or slides; starting afresh", self.resume_path
+            )
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.history, self.stale = state["history"], state["stale"]
+        self.best = tuple(state["best"]) if state["best"] is not None else None
+        self.best_state = state["best_state"]
+        logger.info("%s: resuming after epoch %d", self.out_dir, state["epoch"])
+        return state["epoch"] + 1
+
+    def save_checkpoint(self, epoch: int, score: tuple[float, float], row: dict) -> None:
+        """Record a finished epoch, its ``score`` and history ``row``; save the resume state."""
+        if self.best is None or score > self.best:
+            self.best, self.best_state, self.stale = score, _cpu_state(self.model), 0
+        else:
+            self.stale += 1
+        self.history.append(row)
+        self._write_history()
+        save(
+            {
+                "signature": self.signature,
+                "epoch": epoch,
+                "model": _cpu_state(self.model),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "history": self.history,
+                "best": list(self.best),
+                "best_state": self.best_state,
+                "stale": self.stale,
+            },
+            self.resume_path,
+        )
+
+    def save_model(self, record: dict) -> Path:
+        """Write ``model.pt``: the best epoch's weights and ``record``; end the run's resume.
+
+        ``history.csv`` is written again first: a run killed after its last epoch resumes with
+        no epoch left to write it.
+        """
+        self._write_history()
+        path = self.out_dir / "model.pt"
+        save({"state_dict": self.best_state, **record}, path)
+        self.resume_path.unlink(missing_ok=True)
+        return path
+
+    def _write_history(self) -> None:
+        with atomic_path(self.out_dir / "history.csv") as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict on the CPU."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from extractors.devices import pick_device
 from extractors.errors import CohortError, FileFormatError
 from extractors.io import write_attention
 from querent.data.bags import BagDataset, EpochOrder, bag_loader, check_feature_files
@@ -22,7 +23,6 @@ from querent.engine import checkpoint
 from querent.engine.metrics import fold_metrics
 from querent.engine.outputs import write_metrics, write_predictions
 from querent.engine.tasks import Task, predictions_table, task_from_state
-from querent.engine.train import pick_device
 from querent.models import MILModel, create_model
 
 logger = logging.getLogger(__name__)

@@ -1,11 +1,12 @@
 """Training one model run on one fold: a timm-style loop, one slide per forward pass.
 
-``train_one_epoch`` and ``validate`` are the loop; ``train_fold`` wires cohort, splits, data,
-task, model and checkpoints together. A batch is ``batch_size`` slides whose logits are stacked
-before the loss, so Cox's risk set is the batch and class weights apply within it. The epoch's
-slide order and patch subsets come from generators seeded by (seed, epoch), and the global RNG
-states are saved every epoch, so a run killed at any point and started again ends with the same
-``model.pt`` as one that was never interrupted.
+``train_one_epoch`` and ``validate`` are the loop; ``train_fold`` builds the fold's task,
+model, optimizer and loaders, then runs the epochs with a
+:class:`~querent.engine.checkpoint.CheckpointSaver`. A batch is ``batch_size`` slides whose
+logits are stacked before the loss, so Cox's risk set is the batch and class weights apply
+within it. The epoch's slide order and patch subsets come from generators seeded by (seed,
+epoch), and the global RNG states are saved every epoch, so a run killed at any point and
+started again ends with the same ``model.pt`` as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from extractors.devices import pick_device
 from extractors.errors import QuerentError
-from extractors.io import atomic_path
 from querent.data.bags import (
     IN_MEMORY_BYTES,
     BagDataset,
@@ -45,11 +47,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(QuerentError):
     """Training cannot go on (e.g. a NaN loss); the message names the epoch and slides."""
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """The requested device, or CUDA when available, else CPU."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _forward(model: MILModel, bag, device: torch.device) -> torch.Tensor:
@@ -129,54 +126,40 @@ def validate(
     return loss, compute_metrics(case_level(table))[task.main_metric]
 
 
-def _better(score: tuple[float, float], best: tuple[float, float] | None) -> bool:
-    """Higher metric wins; a NaN metric counts as -inf; ties go to the lower loss."""
-    return best is None or score > best
-
-
 def _score(metric: float, loss: float) -> tuple[float, float]:
+    """Higher is better: the metric, then the lower loss; NaN counts as -inf."""
     return (-math.inf if math.isnan(metric) else metric, -math.inf if math.isnan(loss) else -loss)
 
 
-def train_fold(
+@dataclass(frozen=True)
+class _Fold:
+    """What one fold trains with, built from its model run."""
+
+    device: torch.device
+    task: Task
+    model: MILModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_order: EpochOrder
+    train_loader: DataLoader
+    val_loader: DataLoader
+    targets: dict[str, dict[str, torch.Tensor]]
+    in_dim: int
+    features_encoder: str
+
+
+def _prepare(
     run: ModelRun,
     cohort: Cohort,
     files: Mapping[str, Path],
     train_ids: list[str],
     val_ids: list[str],
-    out_dir: str | Path,
     *,
-    encoder: str,
-    fold: int,
-    device: str | None = None,
-    workers: int = 1,
-    in_memory: bool | None = None,
-    config: Mapping | None = None,
-) -> Path:
-    """Train ``run`` on ``train_ids``, select its epoch on ``val_ids``, write ``model.pt``.
-
-    Writes ``history.csv`` (one row per epoch) and keeps ``resume.pt`` until the run ends; a
-    ``resume.pt`` of the same run (same settings, slides and fold) is continued.
-
-    Args:
-        run: The model run (architecture, model and training settings).
-        cohort: The cohort (targets of every slide).
-        files: Slide id -> feature file.
-        train_ids: Slides to train on.
-        val_ids: Slides that select the epoch (by the task's main metric); empty: the last.
-        out_dir: Folder of model.pt, history.csv and resume.pt.
-        encoder: Encoder name recorded in the checkpoint.
-        fold: Fold number recorded in the checkpoint.
-        device: ``cuda``, ``cpu`` or None (CUDA when available).
-        workers: Processes that read bags ahead of the model when streaming.
-        in_memory: Hold every bag after its first read (no workers then); None: when the
-            cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
-        config: The workflow's config, recorded in the checkpoint's provenance.
-
-    Returns:
-        The path of ``model.pt``.
-    """
-    out_dir = Path(out_dir)
+    device: str | None,
+    workers: int,
+    in_memory: bool | None,
+) -> _Fold:
+    """Check the feature files, fit the task, build model, optimizer, scheduler and loaders."""
     settings, dev = run.training, pick_device(device)
     if dev.type == "cpu":
         keep_freed_memory()
@@ -216,6 +199,55 @@ def train_fold(
     val_loader = bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers)
     batch = task.targets(cohort, train_ids)
     targets = {s: {key: value[i] for key, value in batch.items()} for i, s in enumerate(train_ids)}
+    return _Fold(
+        dev, task, model, optimizer, scheduler, train_order, train_loader, val_loader, targets,
+        in_dim, features_encoder,
+    )  # fmt: skip
+
+
+def train_fold(
+    run: ModelRun,
+    cohort: Cohort,
+    files: Mapping[str, Path],
+    train_ids: list[str],
+    val_ids: list[str],
+    out_dir: str | Path,
+    *,
+    encoder: str,
+    fold: int,
+    device: str | None = None,
+    workers: int = 1,
+    in_memory: bool | None = None,
+    config: Mapping | None = None,
+) -> Path:
+    """Train ``run`` on ``train_ids``, select its epoch on ``val_ids``, write ``model.pt``.
+
+    Writes ``history.csv`` (one row per epoch) and keeps ``resume.pt`` until the run ends; a
+    ``resume.pt`` of the same run (same settings, slides and fold) is continued.
+
+    Args:
+        run: The model run (architecture, model and training settings).
+        cohort: The cohort (targets of every slide).
+        files: Slide id -> feature file.
+        train_ids: Slides to train on.
+        val_ids: Slides that select the epoch (by the task's main metric); empty: the last.
+        out_dir: Folder of model.pt, history.csv and resume.pt.
+        encoder: Encoder name recorded in the checkpoint.
+        fold: Fold number recorded in the checkpoint.
+        device: ``cuda``, ``cpu`` or None (CUDA when available).
+        workers: Processes that read bags ahead of the model when streaming.
+        in_memory: Hold every bag after its first read (no workers then); None: when the
+            cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
+        config: The settings the run was given (a workflow job's params), for the provenance.
+
+    Returns:
+        The path of ``model.pt``.
+    """
+    settings = run.training
+    setup = _prepare(
+        run, cohort, files, train_ids, val_ids, device=device, workers=workers, in_memory=in_memory
+    )
+    model, task, optimizer, dev = setup.model, setup.task, setup.optimizer, setup.device
     signature = {
         "run": run.to_dict(),
         "train": list(train_ids),
@@ -223,113 +255,56 @@ def train_fold(
         "fold": fold,
         "encoder": encoder,
     }
-    state = _resume_state(out_dir / "resume.pt", signature)
-    history, best, stale, start = [], None, 0, 0
-    best_state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        history, stale, start = state["history"], state["stale"], state["epoch"] + 1
-        best = tuple(state["best"]) if state["best"] is not None else None
-        best_state = state["best_state"]
-        logger.info("%s: resuming after epoch %d", out_dir, state["epoch"])
-    for epoch in range(start, settings.epochs):
-        if settings.patience is not None and stale >= settings.patience:
+    saver = checkpoint.CheckpointSaver(model, optimizer, setup.scheduler, Path(out_dir), signature)
+    for epoch in range(saver.resume(), settings.epochs):
+        if settings.patience is not None and saver.stale >= settings.patience:
             break
         started = time.perf_counter()
-        train_order.set_epoch(epoch)
+        setup.train_order.set_epoch(epoch)
         train_loss = train_one_epoch(
-            model, train_loader, task, targets, optimizer, settings=settings, device=dev,
-            epoch=epoch,
+            model, setup.train_loader, task, setup.targets, optimizer, settings=settings,
+            device=dev, epoch=epoch,
         )  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        val_loss, val_metric = validate(model, val_loader, task, cohort, dev)
+        setup.scheduler.step()
+        val_loss, val_metric = validate(model, setup.val_loader, task, cohort, dev)
         score = _score(val_metric, val_loss) if val_ids else (float(epoch), 0.0)
-        if _better(score, best):
-            best, best_state, stale = score, _cpu_state(model), 0
-        else:
-            stale += 1
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                f"val_{task.main_metric}": val_metric,
-                "lr": lr,
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-        )
-        _write_history(history, out_dir / "history.csv")
-        checkpoint.save(
-            {
-                "signature": signature,
-                "epoch": epoch,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": checkpoint.rng_state(),
-                "history": history,
-                "best": list(best) if best is not None else None,
-                "best_state": best_state,
-                "stale": stale,
-            },
-            out_dir / "resume.pt",
-        )
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            f"val_{task.main_metric}": val_metric,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        saver.save_checkpoint(epoch, score, row)
         logger.info(
             "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f",
             epoch, train_loss, val_loss, task.main_metric, val_metric,
         )  # fmt: skip
-    # again here: a run killed after its last epoch resumes with no epoch left to write it
-    _write_history(history, out_dir / "history.csv")
+    history = saver.history
     best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
     record = provenance(config, cohort.source)
-    model_path = out_dir / "model.pt"
-    checkpoint.save(
+    return saver.save_model(
         {
-            "state_dict": best_state,
             "run": run.to_dict(),
             "task": task.state(),
             "encoder": encoder,
-            "features_encoder": features_encoder,
-            "in_dim": in_dim,
+            "features_encoder": setup.features_encoder,
+            "in_dim": setup.in_dim,
             "fold": fold,
             "epoch": best_epoch,
             "metric": history[best_epoch][f"val_{task.main_metric}"] if history else math.nan,
             "querent_version": record["packages"]["querent"],
             "git_revision": record["git_revision"],
             "provenance": record,
-        },
-        model_path,
+        }
     )
-    (out_dir / "resume.pt").unlink(missing_ok=True)
-    return model_path
-
-
-def _cpu_state(model: MILModel) -> dict[str, torch.Tensor]:
-    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
 
 def _best_epoch(history: list[dict], metric: str, selected: bool) -> int:
+    """The epoch :class:`~querent.engine.checkpoint.CheckpointSaver` kept: the first best."""
     if not selected or not history:
         return len(history) - 1
     scores = [_score(row[f"val_{metric}"], row["val_loss"]) for row in history]
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
-
-
-def _resume_state(path: Path, signature: dict) -> dict | None:
-    """The resume state at ``path`` if it belongs to this very run, else None."""
-    if not path.exists():
-        return None
-    state = checkpoint.load(path)
-    if state.get("signature") != signature:
-        logger.warning("%s belongs to other settings or slides; starting afresh", path)
-        return None
-    return state

@@ -1,1 +1,1 @@
-"""Layers of the MIL models: regions, region scorers, query-aware and dense attention, blocks."""
+"""Layers of the MIL models: attention modules, query-aware selection and its kernels, scorers."""

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from querent.data.grid import RegionGrid, build_grid
+from querent.layers.attention import DenseSelfAttention, QueryAwareSelfAttention
 from querent.layers.block import PreNormBlock
 from querent.layers.linear import Linear
 from querent.layers.pooling import GatedAttentionPool
 from querent.layers.positional import POSITIONALS, SlidePositions, sincos_2d
-from querent.layers.query_aware import DenseSelfAttention, QueryAwareSelfAttention
 from querent.layers.regions import RegionLayout
 from querent.models.base import MILModel, MILOutput
 from querent.models.registry import register_model
@@ -87,8 +87,8 @@ class Querent(TransformerMIL):
         top_k: Regions each patch attends to; None = all (exact full attention).
         scorer: ``learned`` (the paper's), ``quest`` (bound on keys), ``mean`` or ``random``.
         selection: ``region`` (the patches of a region share the pick of their mean query;
-            the default: as accurate here and several times faster, README "Does context
-            matter?") or ``patch`` (each patch picks its own regions, the paper's).
+            the default: as accurate here and several times faster, docs/context-study.md)
+            or ``patch`` (each patch picks its own regions, the paper's).
         summary: Region summary the scorer reads: ``minmax`` (the paper's), or the ablations
             ``min``, ``max``, ``mean``, ``meanstd``.
         local: Also attend to the query's own and 8 adjacent regions besides its top-k (local

@@ -5,7 +5,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from extractors.wsi.discovery import SLIDE_ID_PATTERN
+from extractors.io import SLIDE_ID_PATTERN
 from extractors.wsi.resources import slide_stage_mem_mb
 from querent.engine.experiment import features_folder
 from querent.engine.runs import RUN_NAME_PATTERN

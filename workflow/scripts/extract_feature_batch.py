@@ -5,8 +5,9 @@ from pathlib import Path
 import torch
 
 from extractors.batch import BatchSlide, extract_batch
+from extractors.devices import pick_device
 from extractors.encoders import create_encoder
-from extractors.extract import ExtractionOptions, pick_device
+from extractors.extract import ExtractionOptions
 from extractors.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -2,8 +2,9 @@
 
 import torch
 
+from extractors.devices import pick_device
 from extractors.encoders import create_encoder
-from extractors.extract import ExtractionOptions, extract_slide, pick_device
+from extractors.extract import ExtractionOptions, extract_slide
 from extractors.logs import log_to_file
 
 log_to_file(snakemake.log[0])

@@ -1,12 +1,8 @@
 import pytest
 
 from extractors.errors import SlideDiscoveryError
-from extractors.wsi.discovery import (
-    discover_slides,
-    metadata_mpps,
-    read_slide_sheet,
-    slide_id_from_path,
-)
+from extractors.wsi.discovery import discover_slides, metadata_mpps, read_slide_sheet
+from extractors.wsi.formats import slide_id_from_path
 
 
 def _touch(path):

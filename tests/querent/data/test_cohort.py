@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import CohortSettings, read_cohort
-from tests.helpers import ROOT
+from querent.schemas import COHORT_SCHEMA
 
 SURVIVAL = CohortSettings(task="survival")
 
@@ -244,7 +244,7 @@ def test_settings_are_checked():
 
 # --- schema ----------------------------------------------------------------------------------
 
-SCHEMA = ROOT / "workflow" / "schemas" / "cohort.schema.yaml"
+SCHEMA = COHORT_SCHEMA
 
 
 def test_schema_accepts_a_good_sheet_and_rejects_bad_ones():

@@ -16,38 +16,18 @@ import torch
 
 from extractors.errors import CohortError, SettingsError
 from querent.data.cohort import CohortSettings, read_cohort
-from querent.data.splits import SplitSettings, fold_slides, make_splits
 from querent.engine import checkpoint
 from querent.engine.evaluate import evaluate_fold, load_model, predict_slides
 from querent.engine.experiment import match_features
 from querent.engine.runs import model_run
 from querent.engine.train import TrainingError, train_fold
-
-RUNS = {
-    "abmil": {"arch": "abmil", "dim": 16, "attention_dim": 8},
-    "querent": {"arch": "querent", "dim": 16, "heads": 2, "region_size": 2, "top_k": 3},
-}
+from tests.helpers import TRAIN_RUNS, synthetic_fold, train_synthetic
 
 
-def _setup(synthetic_cohort, task="classification"):
-    sheet, folder = synthetic_cohort
-    cohort = read_cohort(sheet, CohortSettings(task=task))
-    cohort, files = match_features(cohort, folder, "error")
-    splits = make_splits(cohort, SplitSettings(folds=3))
-    train, val, evaluate = fold_slides(splits, cohort, 0, val_fraction=0.2, seed=0)
-    return cohort, files, train, val, evaluate
-
-
-def _train(synthetic_cohort, out, arch="abmil", task="classification", **training):
-    cohort, files, train, val, _ = _setup(synthetic_cohort, task)
-    run = model_run(arch, RUNS[arch], {"epochs": 4, "max_patches": 50, **training})
-    return train_fold(run, cohort, files, train, val, out, encoder="synthetic", fold=0)
-
-
-@pytest.mark.parametrize("arch", list(RUNS))
+@pytest.mark.parametrize("arch", list(TRAIN_RUNS))
 def test_training_is_deterministic_and_loads_weights_only(synthetic_cohort, tmp_path, arch):
-    first = _train(synthetic_cohort, tmp_path / "a", arch)
-    second = _train(synthetic_cohort, tmp_path / "b", arch)
+    first = train_synthetic(synthetic_cohort, tmp_path / "a", arch)
+    second = train_synthetic(synthetic_cohort, tmp_path / "b", arch)
     assert first.read_bytes() == second.read_bytes()
     ckpt = torch.load(first, weights_only=True)
     assert ckpt["run"]["arch"] == arch and ckpt["task"]["classes"] == ["neg", "pos"]
@@ -68,23 +48,23 @@ def test_training_is_deterministic_and_loads_weights_only(synthetic_cohort, tmp_
 
 
 def test_a_different_seed_trains_a_different_model(synthetic_cohort, tmp_path):
-    first = _train(synthetic_cohort, tmp_path / "a")
-    other = _train(synthetic_cohort, tmp_path / "b", seed=1)
+    first = train_synthetic(synthetic_cohort, tmp_path / "a")
+    other = train_synthetic(synthetic_cohort, tmp_path / "b", seed=1)
     assert first.read_bytes() != other.read_bytes()
 
 
 _KILLABLE = """
 import sys
 from pathlib import Path
-from tests.querent.engine.test_train import _train
-_train((Path(sys.argv[1]), Path(sys.argv[2])), sys.argv[3], sys.argv[4], epochs=8)
+from tests.helpers import train_synthetic
+train_synthetic((Path(sys.argv[1]), Path(sys.argv[2])), sys.argv[3], sys.argv[4], epochs=8)
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(RUNS))
+@pytest.mark.parametrize("arch", list(TRAIN_RUNS))
 def test_resume_after_sigkill_gives_the_same_model(synthetic_cohort, tmp_path, arch):
-    uninterrupted = _train(synthetic_cohort, tmp_path / "whole", arch, epochs=8)
+    uninterrupted = train_synthetic(synthetic_cohort, tmp_path / "whole", arch, epochs=8)
     out = tmp_path / "killed"
     sheet, folder = synthetic_cohort
     command = [sys.executable, "-c", _KILLABLE, str(sheet), str(folder), str(out), arch]
@@ -101,7 +81,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_cohort, tmp_path, a
     assert not (out / "model.pt").exists() and (out / "resume.pt").exists()
     done = len(pd.read_csv(out / "history.csv"))
     assert 3 <= done < 8
-    resumed = _train(synthetic_cohort, out, arch, epochs=8)
+    resumed = train_synthetic(synthetic_cohort, out, arch, epochs=8)
     assert resumed.read_bytes() == uninterrupted.read_bytes()
     assert (
         pd.read_csv(out / "history.csv")
@@ -113,7 +93,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_cohort, tmp_path, a
 def test_a_run_killed_after_its_last_epoch_writes_every_output(
     synthetic_cohort, tmp_path, monkeypatch
 ):
-    whole = _train(synthetic_cohort, tmp_path / "whole", epochs=3)
+    whole = train_synthetic(synthetic_cohort, tmp_path / "whole", epochs=3)
     save = checkpoint.save
 
     def killed_at_the_model(state, path):
@@ -123,31 +103,31 @@ def test_a_run_killed_after_its_last_epoch_writes_every_output(
 
     monkeypatch.setattr(checkpoint, "save", killed_at_the_model)
     with pytest.raises(SystemExit):
-        _train(synthetic_cohort, tmp_path / "killed", epochs=3)
+        train_synthetic(synthetic_cohort, tmp_path / "killed", epochs=3)
     monkeypatch.undo()
     out = tmp_path / "killed"
     assert (out / "resume.pt").exists()
     (out / "history.csv").unlink()  # Snakemake removes a rerun job's outputs first
-    resumed = _train(synthetic_cohort, out, epochs=3)
+    resumed = train_synthetic(synthetic_cohort, out, epochs=3)
     assert resumed.read_bytes() == whole.read_bytes()
     expected = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="seconds")
     assert pd.read_csv(out / "history.csv").drop(columns="seconds").equals(expected)
 
 
 def test_a_resume_file_of_other_settings_is_not_continued(synthetic_cohort, tmp_path, caplog):
-    _train(synthetic_cohort, tmp_path / "a", epochs=2)
+    train_synthetic(synthetic_cohort, tmp_path / "a", epochs=2)
     (tmp_path / "a" / "model.pt").unlink()
     # leave a resume file of another run behind: its signature differs
-    stale = _train(synthetic_cohort, tmp_path / "b", epochs=2)
+    stale = train_synthetic(synthetic_cohort, tmp_path / "b", epochs=2)
     torch.save({"signature": {"other": 1}, "epoch": 5}, tmp_path / "a" / "resume.pt")
-    again = _train(synthetic_cohort, tmp_path / "a", epochs=2)
+    again = train_synthetic(synthetic_cohort, tmp_path / "a", epochs=2)
     assert again.read_bytes() == stale.read_bytes()
     assert "starting afresh" in caplog.text
 
 
 def test_evaluation_and_deployment_agree(synthetic_cohort, tmp_path):
-    cohort, files, _, _, evaluate = _setup(synthetic_cohort)
-    model = _train(synthetic_cohort, tmp_path / "m", "querent")
+    cohort, files, _, _, evaluate = synthetic_fold(synthetic_cohort)
+    model = train_synthetic(synthetic_cohort, tmp_path / "m", "querent")
     metrics = evaluate_fold(model, cohort, files, evaluate, tmp_path / "eval")
     assert set(metrics["level"]["case"]) == {"auc", "balanced_accuracy", "f1_macro", "accuracy"}
     table = pd.read_csv(tmp_path / "eval" / "predictions.csv")
@@ -169,9 +149,9 @@ def test_evaluation_and_deployment_agree(synthetic_cohort, tmp_path):
 
 
 def test_survival_training_with_discrete_and_cox_losses(synthetic_cohort, tmp_path):
-    cohort, files, _, _, evaluate = _setup(synthetic_cohort, "survival")
+    cohort, files, _, _, evaluate = synthetic_fold(synthetic_cohort, "survival")
     for loss, batch in (("discrete", 1), ("cox", 8)):
-        model = _train(
+        model = train_synthetic(
             synthetic_cohort, tmp_path / loss, task="survival", survival_loss=loss, batch_size=batch
         )
         metrics = evaluate_fold(model, cohort, files, evaluate, tmp_path / f"eval_{loss}")
@@ -179,7 +159,7 @@ def test_survival_training_with_discrete_and_cox_losses(synthetic_cohort, tmp_pa
         columns = pd.read_csv(tmp_path / f"eval_{loss}" / "predictions.csv").columns
         assert {"time", "event", "risk"} <= set(columns)
     with pytest.raises(SettingsError, match="at least 8 slides"):
-        _train(synthetic_cohort, tmp_path / "c", task="survival", survival_loss="cox")
+        train_synthetic(synthetic_cohort, tmp_path / "c", task="survival", survival_loss="cox")
 
 
 def _copy_features(folder, out, change=None):
@@ -207,7 +187,7 @@ def test_bad_feature_files_stop_before_training(synthetic_cohort, tmp_path):
     def other_encoder(h5):
         h5["features"].attrs["encoder"] = "uni_v2"
 
-    run = model_run("abmil", RUNS["abmil"], {"epochs": 1})
+    run = model_run("abmil", TRAIN_RUNS["abmil"], {"epochs": 1})
     for change, message in ((with_nan, "NaN"), (wider, "different widths"),
                             (other_encoder, "different encoders")):  # fmt: skip
         files_dir = _copy_features(folder, tmp_path / change.__name__, change)
@@ -236,8 +216,10 @@ def test_missing_and_extra_feature_files_are_named(synthetic_cohort, tmp_path):
 
 
 def test_a_diverging_loss_names_the_epoch_and_slide(synthetic_cohort, tmp_path):
-    cohort, files, train, _, _ = _setup(synthetic_cohort)
-    run = model_run("abmil", RUNS["abmil"], {"epochs": 1, "lr": 1e36, "scheduler": "constant"})
+    cohort, files, train, _, _ = synthetic_fold(synthetic_cohort)
+    run = model_run(
+        "abmil", TRAIN_RUNS["abmil"], {"epochs": 1, "lr": 1e36, "scheduler": "constant"}
+    )
     with pytest.raises(TrainingError, match=r"epoch 0: the loss is (nan|inf) on slides syn_"):
         train_fold(run, cohort, files, train, [], tmp_path / "m", encoder="x", fold=0)
     assert not (tmp_path / "m" / "model.pt").exists()
@@ -245,7 +227,7 @@ def test_a_diverging_loss_names_the_epoch_and_slide(synthetic_cohort, tmp_path):
 
 def test_deployment_refuses_features_of_another_encoder_or_width(synthetic_cohort, tmp_path):
     sheet, folder = synthetic_cohort
-    model = _train(synthetic_cohort, tmp_path / "m", epochs=1)
+    model = train_synthetic(synthetic_cohort, tmp_path / "m", epochs=1)
     slide = sorted(p.stem for p in folder.glob("*.h5"))[0]
 
     def relabelled(h5):

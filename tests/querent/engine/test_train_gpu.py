@@ -7,7 +7,7 @@ import torch
 from querent.engine.evaluate import evaluate_fold
 from querent.engine.runs import model_run
 from querent.engine.train import train_fold
-from tests.querent.engine.test_train import RUNS, _setup
+from tests.helpers import TRAIN_RUNS, synthetic_fold
 
 pytestmark = [
     pytest.mark.gpu,
@@ -15,10 +15,10 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("arch", list(RUNS))
+@pytest.mark.parametrize("arch", list(TRAIN_RUNS))
 def test_cuda_training_matches_the_cpu_evaluation_of_its_model(synthetic_cohort, tmp_path, arch):
-    cohort, files, train, val, evaluate = _setup(synthetic_cohort)
-    run = model_run(arch, RUNS[arch], {"epochs": 3, "max_patches": 50})
+    cohort, files, train, val, evaluate = synthetic_fold(synthetic_cohort)
+    run = model_run(arch, TRAIN_RUNS[arch], {"epochs": 3, "max_patches": 50})
     model = train_fold(
         run, cohort, files, train, val, tmp_path / "m", encoder="synthetic", fold=0, device="cuda"
     )

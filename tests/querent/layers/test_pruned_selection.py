@@ -6,8 +6,9 @@ import torch
 
 from querent.data.grid import build_grid
 from querent.layers import pruning
+from querent.layers.attention import QueryAwareSelfAttention
 from querent.layers.pruning import QuestTable, group_regions
-from querent.layers.query_aware import QueryAwareSelfAttention, query_aware_attention
+from querent.layers.query_aware import query_aware_attention
 from querent.layers.regions import RegionLayout, region_min_max
 from querent.layers.scorers import QuestScorer, quest_scores
 

@@ -5,11 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from querent.data.grid import build_grid
-from querent.layers.query_aware import (
-    DenseSelfAttention,
-    QueryAwareSelfAttention,
-    query_aware_attention,
-)
+from querent.layers.attention import DenseSelfAttention, QueryAwareSelfAttention
+from querent.layers.query_aware import query_aware_attention
 from querent.layers.regions import RegionLayout, patches_by_area, region_mean, region_min_max
 from querent.layers.scorers import SCORERS, QuestScorer, quest_scores
 
