@@ -76,6 +76,7 @@ CASES = {
         "full_attention",
         {"dim": 16, "heads": 2, "positional": "relative"},
     ),
+    "neighbour_abmil": ("neighbour_abmil", {"dim": 16, "attention_dim": 8}),
     # torchmil's context-aware models through querent.models.peers
     "patchgcn": ("patchgcn", {"n_gcn_layers": 2, "hidden_dim": 16, "att_dim": 8}),
     "smabmil": ("smabmil", {"att_dim": 8}),
