@@ -175,8 +175,9 @@ def load_slides(
             "empty for the demo cohort)."
         )
         return {}
-    entries = findings.check(read_slide_sheet, sheet) if sheet else None
-    if not sheet:
+    if sheet:
+        entries = findings.check(read_slide_sheet, sheet)
+    else:
         entries = findings.check(discover_slides, folder)
     return {entry.slide_id: entry for entry in entries or ()}
 
