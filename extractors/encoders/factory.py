@@ -94,8 +94,8 @@ def create_encoder(
             how to provide a local checkpoint.
     """
     spec = get_encoder_spec(name)
-    model = spec.build()
-    source = "random"
-    if pretrained:
-        source = load_weights(spec, model, checkpoint)
-    return Encoder(spec, model, source)
+    if not pretrained:
+        return Encoder(spec, spec.build(), "random")
+    with torch.device("meta"):  # no random init of weights the checkpoint replaces
+        model = spec.build()
+    return Encoder(spec, model, load_weights(spec, model, checkpoint))

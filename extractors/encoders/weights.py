@@ -118,6 +118,9 @@ def locate_weights(spec: EncoderSpec, checkpoint: str | Path | None = None) -> t
 def load_weights(spec: EncoderSpec, model: nn.Module, checkpoint: str | Path | None = None) -> str:
     """Load an encoder's weights into ``model``; every key must fit.
 
+    The checkpoint's tensors replace the model's (cast to the model's dtypes), so ``model`` may
+    be built on the meta device: no time goes into initialising weights that are replaced.
+
     Returns:
         Where the weights came from (see :func:`locate_weights`).
 
@@ -133,7 +136,9 @@ def load_weights(spec: EncoderSpec, model: nn.Module, checkpoint: str | Path | N
     try:
         if spec.remap_state_dict is not None:
             state = spec.remap_state_dict(state)
-        result = model.load_state_dict(state, strict=False)
+        dtypes = {name: t.dtype for name, t in model.state_dict().items()}
+        state = {k: v.to(dtypes[k]) if k in dtypes else v for k, v in state.items()}
+        result = model.load_state_dict(state, strict=False, assign=True)
     except (KeyError, RuntimeError) as err:  # names the remap does not know, or other shapes
         raise WeightsError(
             f"encoder {spec.name}: {path} does not fit the architecture ({err}); {expected}"
@@ -146,5 +151,8 @@ def load_weights(spec: EncoderSpec, model: nn.Module, checkpoint: str | Path | N
             f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
             f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}); {expected}"
         )
+    on_meta = [name for name, t in model.state_dict().items() if t.is_meta]
+    if on_meta:  # a model built on the meta device keeps no tensor the checkpoint lacks
+        raise WeightsError(f"encoder {spec.name}: {path} leaves {on_meta[:5]} unset; {expected}")
     logger.info("encoder %s: weights from %s", spec.name, source)
     return source

@@ -82,3 +82,19 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_random_weights_need_no_file():
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
     assert encoder.weights_source == "random"
+
+
+def test_half_precision_checkpoint_loads_into_the_float32_model(tmp_path):
+    # create_encoder builds on the meta device and takes the checkpoint's tensors as they are,
+    # so their dtype must be cast to the model's, and no tensor may stay on the meta device.
+    random = create_encoder("resnet50_trunc", pretrained=False).model
+    path = tmp_path / "half.safetensors"
+    save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in random.state_dict().items()},
+        str(path),
+    )
+    loaded = create_encoder("resnet50_trunc", checkpoint=path).model
+    for name, tensor in loaded.state_dict().items():
+        assert not tensor.is_meta, name
+        assert tensor.dtype == random.state_dict()[name].dtype, name
+        torch.testing.assert_close(tensor, random.state_dict()[name].half().to(tensor.dtype))
