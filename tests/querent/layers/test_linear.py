@@ -12,8 +12,27 @@ needs_onednn = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _onednn_route_on(monkeypatch):
+    """Test the oneDNN route whatever this machine's processor (it is used on AMD's only)."""
+    monkeypatch.setattr(linear, "USE_ONEDNN", linear.HAS_ONEDNN_LINEAR)
+
+
 def test_onednn_linear_is_found_where_pytorch_has_onednn():
     assert linear.HAS_ONEDNN_LINEAR == torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.parametrize(
+    ("vendor", "override", "expected"),
+    [("AuthenticAMD", "", True), ("GenuineIntel", "", False), ("", "", False)]
+    + [("GenuineIntel", "1", True), ("AuthenticAMD", "0", False)],
+)
+def test_onednn_is_chosen_on_amd_processors_unless_overridden(vendor, override, expected):
+    assert linear.prefer_onednn(vendor, override) is expected
+
+
+def test_this_machine_s_vendor_is_read():
+    assert linear.cpu_vendor() in ("AuthenticAMD", "GenuineIntel", "")
 
 
 def _ops_run(fn) -> set[str]:
