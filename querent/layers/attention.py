@@ -69,7 +69,8 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         dim: Input and output features.
         heads: Attention heads.
         head_dim: Features per head (default ``dim // heads``).
-        top_k: Regions per query; None attends to all regions (exact full attention).
+        top_k: Regions per query; None attends to all regions (exact full attention); 0 with
+            ``local`` scores none (a fixed window: own and adjacent regions).
         scorer: How queries rate regions: one of ``quest``, ``learned``, ``mean``, ``random``.
         selection: ``patch`` (per-patch selection, the paper's) or ``region`` (shared, faster).
         summary: Region summary the scorer reads (``minmax``, the paper's, or an ablation).
@@ -94,8 +95,11 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         prune: bool = True,
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None (all regions), got {top_k}")
+        if top_k is not None and top_k < (0 if local else 1):
+            raise ValueError(
+                f"top_k must be >= 1, None (all regions) or 0 with local=True (the local "
+                f"regions only), got {top_k}"
+            )
         if selection not in SELECTIONS:
             raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
         if chunk_size < 1:

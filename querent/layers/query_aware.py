@@ -60,7 +60,7 @@ def _select(
     Args:
         scoring: Region scores.
         group_queries: (g, h, e) the query standing for each group.
-        top: Regions picked by score.
+        top: Regions picked by score (0: none, ``local`` only).
         step: Groups scored at once.
         local: (g, l) regions every group keeps whatever their score (``n_regions`` marks
             none), or None.
@@ -74,6 +74,8 @@ def _select(
         ``score - stopgrad(score)`` on picked regions (zero on local ones), zero forward and
         the score's gradient backward.
     """
+    if top == 0:  # a fixed window: the local regions only, nothing scored
+        return local.expand(group_queries.shape[1], -1, -1), None
     selections, biases = [], []
     for start in range(0, len(group_queries), step):
         chunk = group_queries[start : start + step]
@@ -128,7 +130,8 @@ def query_aware_attention(
         v: (n, h, dv) values.
         layout: Region layout of the patches.
         scoring: Region scores from a scorer's ``prepare``.
-        top_k: Regions per query; None or >= r means all regions (exact full attention).
+        top_k: Regions per query; None or >= r means all regions (exact full attention);
+            0 (with ``local``) scores none: a fixed window of the local regions.
         selection: ``"patch"`` (own selection per patch) or ``"region"`` (shared per region).
         local: Besides its top-k, every query attends to its own region and the 8 adjacent
             ones (ignored when ``top_k`` is None: all regions are attended anyway).
@@ -147,6 +150,8 @@ def query_aware_attention(
     heads = q.shape[1]
     top = n_regions if top_k is None else min(top_k, n_regions)
     local = local and top_k is not None
+    if top == 0 and not local:
+        raise ValueError("top_k=0 picks no region: it needs local=True (a fixed local window)")
     keys = rearrange(to_regions(k, layout), "r s h d -> (r h) s d")
     values = rearrange(to_regions(v, layout), "r s h d -> (r h) s d")
     block_valid = repeat(layout.valid, "r s -> (r h) s", h=heads)

@@ -13,6 +13,7 @@ import torch
 from querent.models.abmil import ABMIL
 from querent.models.base import MILOutput
 from querent.models.registry import register_model
+from querent.models.transformer import Querent
 
 #: The 8 lattice neighbours of a cell, as (column, row) offsets.
 NEIGHBOURS = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0))
@@ -71,3 +72,43 @@ class NeighbourABMIL(ABMIL):
         """ABMIL on each patch's features next to its neighbourhood's mean."""
         context = torch.cat([features, neighbour_mean(features, cells)], dim=1)
         return super().forward_bag(context, cells, grid)
+
+
+@register_model("local_window")
+class LocalWindow(Querent):
+    """Querent's block with a fixed window, nothing scored or picked.
+
+    Each region's patches attend to the patches of that region and its 8 adjacent ones.
+    Arguments as :class:`~querent.models.transformer.Querent`'s, less the selection ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        n_outputs: int,
+        dim: int = 256,
+        heads: int = 4,
+        depth: int = 1,
+        region_size: int = 4,
+        mlp_ratio: float = 2.0,
+        positional: str = "none",
+        dropout: float = 0.0,
+        chunk_size: int = 1024,
+    ) -> None:
+        super().__init__(
+            in_dim=in_dim,
+            n_outputs=n_outputs,
+            dim=dim,
+            heads=heads,
+            depth=depth,
+            region_size=region_size,
+            top_k=0,
+            scorer="quest",  # never asked: it has no parameters to leave unused
+            selection="region",
+            local=True,
+            mlp_ratio=mlp_ratio,
+            positional=positional,
+            dropout=dropout,
+            chunk_size=chunk_size,
+        )

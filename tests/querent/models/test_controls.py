@@ -1,5 +1,6 @@
 """The locality controls: what a patch's lattice neighbourhood alone gives."""
 
+import pytest
 import torch
 
 from querent.models import create_model
@@ -29,3 +30,36 @@ def test_the_control_reads_the_neighbourhood():
         near = model(features, cells).logits
         apart = model(features, cells * 3).logits  # same patches, no neighbours any more
     assert model.in_dim == 4 and not torch.allclose(near, apart)
+
+
+def test_the_local_window_sees_its_own_and_adjacent_regions_only():
+    # one row of 5 regions of 4 x 4 cells: region 0's patches see regions 0 and 1 only
+    torch.manual_seed(0)
+    model = create_model("local_window", in_dim=4, n_outputs=2, dim=8, heads=2).eval()
+    cells = torch.stack([torch.arange(80) % 20, torch.arange(80) // 20], dim=1)
+    features = torch.randn(80, 4)
+    changed = {}
+    for region in (1, 2, 4):
+        edited = features.clone()
+        edited[(cells[:, 0] // 4) == region] += 1.0
+        changed[region] = edited
+    block = model.blocks[0].attention
+    with torch.no_grad():
+        layout = model.layout(cells, None)
+        outputs = {
+            name: block(model.embed(x), layout)[0][cells[:, 0] < 4]
+            for name, x in {"base": features, **changed}.items()
+        }
+        _, selected = block(model.embed(features), layout)
+    assert not torch.allclose(outputs["base"], outputs[1])  # adjacent: seen
+    torch.testing.assert_close(outputs["base"], outputs[2])  # two regions away: unseen
+    torch.testing.assert_close(outputs["base"], outputs[4])
+    picked = {int(r) for r in selected[0, cells[:, 0] < 4].flatten() if r >= 0}
+    region_of = layout.region_of_patch[cells[:, 0] < 4]
+    neighbours = {int(r) for r in layout.neighbours[region_of].flatten() if r >= 0}
+    assert picked == neighbours and len(picked) == 2
+
+
+def test_no_scored_regions_needs_the_local_window():
+    with pytest.raises(ValueError, match="top_k.*local"):
+        create_model("querent", in_dim=4, n_outputs=2, dim=8, heads=2, top_k=0)

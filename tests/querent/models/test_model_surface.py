@@ -77,6 +77,7 @@ CASES = {
         {"dim": 16, "heads": 2, "positional": "relative"},
     ),
     "neighbour_abmil": ("neighbour_abmil", {"dim": 16, "attention_dim": 8}),
+    "local_window": ("local_window", {"dim": 16, "heads": 2, "region_size": 3}),
     # torchmil's context-aware models through querent.models.peers
     "patchgcn": ("patchgcn", {"n_gcn_layers": 2, "hidden_dim": 16, "att_dim": 8}),
     "smabmil": ("smabmil", {"att_dim": 8}),
@@ -119,7 +120,7 @@ def test_output_shapes(name, n):
     assert out.logits.shape == (N_CLASSES,)
     assert out.embedding.shape == (CASES[name][1].get("dim", model.head.in_features),)
     assert out.attention.shape == (n,)
-    if CASES[name][0] == "querent":
+    if CASES[name][0] in ("querent", "local_window"):
         assert out.selected.shape[:2] == (CASES[name][1]["heads"], n)
         assert out.region_of_patch.shape == (n,)
     else:

@@ -11,6 +11,7 @@ IN_DIM, N_BAGS, N_BINS = 16, 6, 4
 SMALL = {
     "querent": {"dim": 32, "heads": 2, "region_size": 2, "top_k": 2, "scorer": "learned"},
     "full_attention": {"dim": 32, "heads": 2},
+    "local_window": {"dim": 32, "heads": 2, "region_size": 2},
     "transmil": {"dim": 32, "heads": 4},
     "camil": {"nystrom_att_dim": 32, "n_heads": 2},
     "torchmil_transmil": {"att_dim": 32},
