@@ -19,11 +19,10 @@ import pandas as pd
 
 from extractors.io import atomic_path
 from querent.data.context import (
-    IMMUNE,
-    TUMOUR,
     ContextSettings,
+    FeatureBank,
+    defining_statistic,
     generate_slide,
-    neighbour_cooccurrence,
     prototypes,
 )
 
@@ -114,14 +113,18 @@ def survival_of(rng: np.random.Generator, score: float) -> tuple[float, int]:
 
 
 def write_context_cohort(
-    out_dir: str | Path, settings: ContextSettings, *, encoder: str = "synthetic"
+    out_dir: str | Path,
+    settings: ContextSettings,
+    *,
+    encoder: str = "synthetic",
+    bank: FeatureBank | None = None,
 ) -> Path:
     """Write a context cohort: ``out_dir``/features/{slide_id}.h5, cohort.csv and truth.csv.
 
     Labels alternate ``neg`` / ``pos`` (score 0 / 1); ``time`` and ``event`` follow the score
     (the survival task's target; a graded score proved too weak a signal to learn from 80
-    slides).
-    ``truth.csv`` holds each slide's score and the share of immune patches next to tumour.
+    slides). Features come from ``bank`` where one is given (real patches by type).
+    ``truth.csv`` holds each slide's score and its arrangement's defining statistic.
 
     Returns:
         The cohort sheet.
@@ -132,7 +135,7 @@ def write_context_cohort(
     rows, truth = [], []
     for index in range(settings.slides):
         score = float(index % 2)
-        slide = generate_slide(rng, settings, score, protos)
+        slide = generate_slide(rng, settings, score, protos, bank)
         slide_id = f"ctx_{index:04d}"
         _write_bag(
             out_dir / "features" / f"{slide_id}.h5",
@@ -144,9 +147,7 @@ def write_context_cohort(
         time, event = survival_of(rng, score)
         label = "pos" if score > 0.5 else "neg"
         rows.append((slide_id, f"case_{index:04d}", label, time, event))
-        margin = neighbour_cooccurrence(slide.cells, slide.types, IMMUNE, TUMOUR)
-        truth.append((slide_id, score, margin, len(slide.cells)))
-    _write_table(
-        truth, ["slide_id", "score", "immune_next_to_tumour", "patches"], out_dir, "truth.csv"
-    )
+        statistic = defining_statistic(settings.kind, slide.cells, slide.types, settings.range)
+        truth.append((slide_id, score, statistic, len(slide.cells)))
+    _write_table(truth, ["slide_id", "score", "statistic", "patches"], out_dir, "truth.csv")
     return _write_table(rows, ["slide_id", "case_id", "label", "time", "event"], out_dir)

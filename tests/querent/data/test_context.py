@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -12,11 +13,15 @@ from sklearn.preprocessing import StandardScaler
 
 from querent.data.bags import read_bag_arrays
 from querent.data.context import (
+    FAT,
     IMMUNE,
+    KINDS,
     TUMOUR,
     TYPES,
     ContextSettings,
+    FeatureBank,
     bag_statistics,
+    defining_statistic,
     generate_slide,
     neighbour_cooccurrence,
     prototypes,
@@ -57,7 +62,71 @@ def test_a_permutation_invariant_bag_statistic_is_at_chance(margin_cohort):
     assert abs(_cv_auc(stats, y) - 0.5) < 0.15
     assert abs(_cv_auc(shares, y) - 0.5) < 0.15
     # ...while the arrangement separates the classes completely
-    assert roc_auc_score(y, truth["immune_next_to_tumour"]) > 0.95
+    assert roc_auc_score(y, truth["statistic"]) > 0.95
+
+
+def _slides(kind, n_slides=80, patches=600, reach=2, bank=None):
+    settings = ContextSettings(kind=kind, patches=patches, range=reach, seed=3)
+    rng, protos = np.random.default_rng(0), prototypes(settings)
+    return [generate_slide(rng, settings, float(i % 2), protos, bank) for i in range(n_slides)]
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "control"])
+def test_every_arrangement_keeps_its_promise(kind):
+    """Type shares and bag statistics at chance; the defining statistic separates."""
+    slides = _slides(kind)
+    y = np.array([s.score for s in slides]) > 0.5
+    shares = np.array([np.bincount(s.types, minlength=4) / len(s.types) for s in slides])
+    stats = np.array([bag_statistics(s.features) for s in slides])
+    statistic = [defining_statistic(kind, s.cells, s.types, 2) for s in slides]
+    assert np.abs(shares[y].mean(0) - shares[~y].mean(0)).max() < 0.015
+    assert abs(_cv_auc(stats, y) - 0.5) < 0.2
+    assert roc_auc_score(y, statistic) > 0.95
+
+
+@pytest.mark.parametrize(("kind", "reach"), [("pair", 3), ("layers", 3), ("motif", 2)])
+def test_no_patch_of_the_far_designs_touches_its_partner(kind, reach):
+    """Smoothing over the 8 neighbours cannot tell these classes apart: no contact in either."""
+    pairs = {"pair": (TUMOUR, FAT), "layers": (TUMOUR, IMMUNE), "motif": (FAT, IMMUNE)}
+    a, b = pairs[kind]
+    for slide in _slides(kind, n_slides=6, reach=reach):
+        touching = neighbour_cooccurrence(slide.cells, slide.types, a, b)
+        if kind == "motif":  # only scattered fat may touch an immune patch, in either class
+            assert touching < 0.5
+        else:
+            assert touching == 0
+
+
+def test_layers_are_ordered_tumour_immune_fat_in_positive_slides():
+    grid_types = {}
+    for slide in _slides("layers", n_slides=2, patches=1500):
+        cells = slide.cells - slide.cells.min(0)
+        grid = np.full(cells.max(0)[::-1] + 1, -1)
+        grid[cells[:, 1], cells[:, 0]] = slide.types
+        distance = ndimage.distance_transform_edt(grid != TUMOUR)
+        grid_types[slide.score] = (
+            distance[grid == IMMUNE].mean(),
+            distance[grid == FAT].mean(),
+        )
+    assert grid_types[1.0][0] < grid_types[1.0][1]  # immune nearer the tumour than fat
+    assert grid_types[0.0][0] > grid_types[0.0][1]
+
+
+def test_a_feature_bank_gives_each_type_the_features_of_its_cluster():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(TYPES) + 1, 6)).astype(np.float32) * 10
+    labels = np.repeat(np.arange(len(TYPES) + 1), 30)
+    bank = FeatureBank(
+        centres[labels] + rng.normal(size=(len(labels), 6)).astype(np.float32), labels
+    )
+    for slide in _slides("control", n_slides=2, bank=bank):
+        nearest = np.argmin(np.linalg.norm(slide.features[:, None] - centres, axis=-1), axis=1)
+        control_immune = (slide.types == IMMUNE) & (nearest == len(TYPES))
+        assert np.array_equal(np.where(control_immune, IMMUNE, nearest), slide.types)
+        assert control_immune.any() == (slide.score > 0.5)
+        assert {tuple(row) for row in slide.features} <= {tuple(row) for row in bank.features}
+    with pytest.raises(ValueError, match="no patch of type"):
+        FeatureBank(bank.features[:30], labels[:30]).draw(rng, np.array([0, 1]))
 
 
 def test_type_counts_follow_one_distribution_in_both_classes(margin_cohort):
