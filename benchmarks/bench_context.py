@@ -41,6 +41,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+from context_bank import feature_bank
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -48,22 +49,25 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from extractors.devices import pick_device
+from extractors.io import read_attention
+from querent.data.bags import read_bag_arrays
 from querent.data.cohort import CohortSettings, read_cohort
 from querent.data.context import (
-    IMMUNE,
-    TUMOUR,
-    TYPES,
+    STATISTICS,
     ContextSettings,
+    FeatureBank,
     bag_statistics,
-    neighbour_cooccurrence,
 )
 from querent.data.grid import build_grid
 from querent.data.splits import SplitSettings, fold_slides, make_splits
 from querent.data.synthetic import write_context_cohort
-from querent.engine.evaluate import evaluate_fold
+from querent.engine.aggregate import read_predictions, summarize_run
+from querent.engine.evaluate import apply_model, evaluate_fold, load_model
 from querent.engine.experiment import match_features
-from querent.engine.metrics import survival_metrics
+from querent.engine.metrics import case_level, compute_metrics, fold_metrics, survival_metrics
 from querent.engine.runs import model_run
+from querent.engine.selection import pick_statistics, random_picks
+from querent.engine.tasks import predictions_table
 from querent.engine.train import train_fold
 from querent.layers.regions import RegionLayout, region_summary
 from querent.models import create_model
@@ -117,44 +121,48 @@ ABLATIONS = {
 }
 
 
-def write_cohort(root: Path, settings: ContextSettings):
+def write_cohort(root: Path, settings: ContextSettings, bank: FeatureBank | None = None):
     """The cohort (written once per settings) and its feature files."""
-    folder = root / f"{settings.kind}_{settings.task}_{settings.patches}_{settings.slides}"
+    name = f"{settings.kind}_{settings.task}_{settings.patches}_{settings.slides}"
+    if settings.range != 2:
+        name += f"_r{settings.range}"
+    folder = root / (f"real_{name}" if bank is not None else name)
     if not (folder / "cohort.csv").is_file():
-        write_context_cohort(folder, settings)
+        write_context_cohort(folder, settings, bank=bank)
     cohort = read_cohort(folder / "cohort.csv", CohortSettings(task=settings.task))
     return match_features(cohort, folder / "features", "error")
 
 
-#: The neighbourhood statistic that shows each arrangement: (type, neighbour type).
-STATISTIC = {"margin": (IMMUNE, TUMOUR), "aggregate": (IMMUNE, IMMUNE), "control": (IMMUNE, TUMOUR)}
+def design_check(root: Path, settings: ContextSettings, bank: FeatureBank | None = None) -> dict:
+    """The cohort's promise: bag statistics at chance, the defining statistic separating.
 
-
-def design_check(root: Path, settings: ContextSettings) -> dict:
-    """Cross-validated AUC of a permutation-invariant bag statistic; AUC of the co-occurrence."""
-    cohort, files = write_cohort(root, settings)
+    Bag statistics: cross-validated AUC of a logistic regression on per-bag mean, sd, min, max
+    and size. Defining statistic: the arrangement's, from the true types (``truth.csv``).
+    """
+    cohort, files = write_cohort(root, settings, bank)
     table = cohort.table.set_index("slide_id")
     ids = sorted(files)
-    stats, shares = [], []
-    a, b = STATISTIC[settings.kind]
+    stats = []
     for slide_id in ids:
         with h5py.File(files[slide_id], "r") as h5:
             stats.append(bag_statistics(h5["features"][:]))
-            cells = h5["coords"][:] // h5["coords"].attrs["step_level0"]
-            shares.append(neighbour_cooccurrence(cells, h5["types"][:], a, b))
+    truth = pd.read_csv(files[ids[0]].parents[1] / "truth.csv").set_index("slide_id").loc[ids]
     y = (table.loc[ids, "label"] == "pos").to_numpy()
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     probs = cross_val_predict(model, np.array(stats), y, cv=folds, method="predict_proba")[:, 1]
-    shares = np.array(shares)
+    statistic = truth["statistic"].to_numpy()
     return {
         "kind": settings.kind,
+        "features": "real" if bank is not None else "synthetic",
+        "range": settings.range,
         "slides": len(ids),
+        "patches_mean": round(float(truth["patches"].mean())),
         "bag_statistic_auc": round(roc_auc_score(y, probs), 3),
-        "neighbourhood_statistic": f"{TYPES[a]} next to {TYPES[b]}",
-        "neighbourhood_auc": round(roc_auc_score(y, shares), 3),
-        "share_pos": round(shares[y].mean(), 3),
-        "share_neg": round(shares[~y].mean(), 3),
+        "defining_statistic": STATISTICS[settings.kind],
+        "defining_auc": round(roc_auc_score(y, statistic), 3),
+        "pos_mean": round(float(statistic[y].mean()), 3),
+        "neg_mean": round(float(statistic[~y].mean()), 3),
     }
 
 
@@ -185,6 +193,154 @@ def cross_validate(name: str, spec: dict, cohort, files, args, out: Path) -> dic
         "folds": [round(s, 3) for s in scores],
         "s_per_epoch": round(statistics.median(seconds), 2),
     }
+
+
+#: Cohorts of the peer study: every arrangement but the control, at ``--range``; ``real-``
+#: before a kind draws its features from the real-feature bank (benchmarks/context_bank.py).
+PEER_COHORTS = ("margin", "aggregate", "contact", "pair", "layers", "motif")
+#: Models of the peer study, each at its library's defaults: ours, torchmil's context-aware
+#: models, and the two locality controls.
+PEER_MODELS = {
+    "abmil": {"arch": "abmil"},
+    "neighbour_abmil": {"arch": "neighbour_abmil"},
+    "local_window": {"arch": "local_window"},
+    "patchgcn": {"arch": "patchgcn"},
+    "smabmil": {"arch": "smabmil"},
+    "camil": {"arch": "camil"},
+    "torchmil_transmil": {"arch": "torchmil_transmil"},
+    "querent": {"arch": "querent"},
+}
+#: The same small search for every model (``--search``): learning rate x weight decay, the
+#: setting of each fold chosen on its validation cases only.
+SEARCH = tuple((lr, wd) for lr in (1e-4, 1e-3) for wd in (1e-4, 1e-2))
+
+
+def protocol_row(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
+    """``--seeds`` training seeds x ``--folds`` folds of one model on one cohort.
+
+    Returns the mean and sd of the test AUC over seeds and folds, the pooled out-of-fold AUC
+    (a case's probability averaged over seeds) with its 95% bootstrap CI, the number of cases,
+    the chosen settings and the median seconds per epoch. Trained folds under ``out`` are
+    reused.
+    """
+    metric = metric_name(cohort)
+    splits = make_splits(cohort, SplitSettings(folds=args.folds, seed=0))
+    grid = SEARCH if args.search else ((args.lr, args.weight_decay),)
+    predictions, scores, seconds, chosen, folders, tests = [], [], [], [], [], []
+    for seed in range(args.seeds):
+        for fold in range(args.folds):
+            train, val, test = fold_slides(splits, cohort, fold, val_fraction=0.2, seed=0)
+            candidates = []
+            for lr, wd in grid:
+                training = {"epochs": args.epochs, "lr": lr, "weight_decay": wd, "seed": seed}
+                run = model_run(re.sub(r"[^A-Za-z0-9_.-]", "_", name), spec, training)
+                folder = out / run.name / f"lr{lr:g}_wd{wd:g}_seed{seed}" / f"fold_{fold}"
+                if not (folder / "model.pt").is_file():
+                    train_fold(run, cohort, files, train, val, folder, encoder="s", fold=fold)
+                history = pd.read_csv(folder / "history.csv")
+                seconds.extend(history["seconds"].tolist())
+                candidates.append((history[f"val_{metric}"].max(), -lr, -wd, folder))
+            best = max(candidates, key=lambda c: c[:3])  # ties: the smaller lr and wd
+            folder = best[3]
+            chosen.append(f"{-best[1]:g}/{-best[2]:g}")
+            if not (folder / "eval" / "metrics.json").is_file():
+                evaluate_fold(folder / "model.pt", cohort, files, test, folder / "eval", workers=0)
+            scores.append(json.loads((folder / "eval" / "metrics.json").read_text()))
+            folders.append(folder)
+            tests.append(list(test))
+            predictions.append(read_predictions(folder / "eval" / "predictions.csv"))
+    runs = [s["level"]["case"][metric] for s in scores]
+    summary = summarize_run(name, "bench", predictions)
+    pooled = compute_metrics(case_level(pd.concat(predictions, ignore_index=True)))[metric]
+    row = {
+        "model": name,
+        "cases": summary["n_cases"],
+        "runs": len(runs),
+        "mean": round(statistics.mean(runs), 3),
+        "sd": round(statistics.stdev(runs), 3) if len(runs) > 1 else float("nan"),
+        "pooled": round(pooled, 3),
+        "ci_low": round(summary[f"{metric}_ci_low"], 3),
+        "ci_high": round(summary[f"{metric}_ci_high"], 3),
+        "per_run": [round(r, 3) for r in runs],
+        "lr/wd": sorted(set(chosen)),
+        "s_per_epoch": round(statistics.median(seconds), 2),
+    }
+    if spec["arch"] == "querent":
+        row["selection"] = selection_measures(folders, cohort, files, tests)
+    return row
+
+
+def selection_measures(folders: list[Path], cohort, files, tests: list[list[str]]) -> dict:
+    """Pick measures of trained query-aware models on their test slides, averaged over runs.
+
+    Also the test AUC of each run's model with random picks at the same k (the ablation of
+    :mod:`querent.engine.selection`).
+    """
+    measures, random_auc = [], []
+    for folder, test in zip(folders, tests, strict=True):
+        for slide_id in test:
+            picks = read_attention(folder / "eval" / "attention.h5", slide_id)
+            cells = read_bag_arrays(files[slide_id])[1]
+            measures.append(
+                pick_statistics(
+                    torch.from_numpy(picks["selected"]),
+                    torch.from_numpy(picks["region_of_patch"]),
+                    torch.from_numpy(cells),
+                )
+            )
+        model, task, _ = load_model(folder / "model.pt")
+        with random_picks(model):
+            logits, _ = apply_model(model, files, test, device=torch.device("cpu"))
+        case_ids = cohort.table.set_index("slide_id").loc[test, "case_id"].tolist()
+        table = predictions_table(task, cohort, test, case_ids, logits)
+        random_auc.append(fold_metrics(table)["level"]["case"][metric_name(cohort)])
+    row = {key: round(float(np.mean([m[key] for m in measures])), 3) for key in measures[0]}
+    return row | {"random_picks_mean": round(statistics.mean(random_auc), 3)}
+
+
+def peer_study(args) -> None:
+    """The peer study: one table (and JSON) per cohort, every model under the protocol."""
+    bank = None
+    for name in args.cohorts:
+        kind = name.removeprefix("real-")
+        if kind != name and bank is None:
+            bank = feature_bank(args.work / "bank")
+        settings = ContextSettings(
+            kind=kind,
+            slides=args.slides,
+            patches=args.patches,
+            range=args.range,
+            dim=bank.features.shape[1] if kind != name else 32,
+        )
+        use_bank = bank if kind != name else None
+        suffix = f"_r{args.range}" if args.range != 2 else ""
+        path = args.results / f"bench_context_peers_{name}{suffix}.json"
+        record = {
+            "study": "peers",
+            "cohort": name,
+            "args": vars(args) | {"work": None, "results": None},
+        }
+        record["design"] = design_check(args.work, settings, use_bank)
+        print(record["design"], flush=True)
+        cohort, files = write_cohort(args.work, settings, use_bank)
+        rows = record["rows"] = []
+        if args.models and path.is_file():  # rerun some models: keep the other rows
+            rows.extend(
+                r for r in json.loads(path.read_text())["rows"] if r["model"] not in args.models
+            )
+        out = args.work / "peers" / next(iter(files.values())).parents[1].name
+        for model, spec in PEER_MODELS.items():
+            if args.models and model not in args.models:
+                continue
+            rows.append(protocol_row(model, spec, cohort, files, args, out))
+            print(rows[-1], flush=True)
+            path.write_text(json.dumps(record, indent=2) + "\n")
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        table = pd.DataFrame(rows).drop(columns=["per_run", "selection"], errors="ignore")
+        print(f"\npeers: {name}\n" + table.to_string(index=False) + f"\nwritten: {path}")
+        picks = {r["model"]: r["selection"] for r in rows if "selection" in r}
+        if picks:
+            print("selection\n" + pd.DataFrame(picks).T.to_string())
 
 
 def main_table_row(name: str, spec: dict, folds: int) -> dict | None:
@@ -283,12 +439,17 @@ def summary_fidelity(root: Path, settings: ContextSettings, region_size: int = 4
 
 
 def main() -> None:
-    studies = ["design", "main", "control", "survival", *ABLATIONS, "cost", "large"]
+    studies = ["design", "main", "control", "survival", *ABLATIONS, "cost", "large", "peers"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", nargs="+", choices=studies, default=["design", "main"])
     parser.add_argument(
         "--models", nargs="*", help="only (re)run these model runs of a study, keep other rows"
     )
+    parser.add_argument("--cohorts", nargs="+", default=list(PEER_COHORTS), help="peers")
+    parser.add_argument("--seeds", type=int, default=3, help="peers: training seeds")
+    parser.add_argument("--search", action="store_true", help="peers: the lr x wd search")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="peers, no search")
+    parser.add_argument("--range", type=int, default=2, help="peers: interaction range")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -305,15 +466,23 @@ def main() -> None:
         "--width", type=int, help="cost study: transformer width (heads: width / 64) instead of 32"
     )
     parser.add_argument("--work", type=Path, default=HERE / "results" / "context_work")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="JSON folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
     base = ContextSettings(kind=args.kind, slides=args.slides, patches=args.patches)
     ablated = earlier_ablations(args.folds)  # the default setting recurs in every ablation
     for study in args.study:
-        record = {"study": study, "device": device.type, "args": vars(args) | {"work": None}}
+        if study == "peers":
+            peer_study(args)
+            continue
+        record = {
+            "study": study,
+            "device": device.type,
+            "args": vars(args) | {"work": None, "results": None},
+        }
         suffix = f"_width{args.width}" if study == "cost" and args.width else ""
-        path = HERE / "results" / f"bench_context_{study}{suffix}.json"
+        path = args.results / f"bench_context_{study}{suffix}.json"
         rows = record["rows"] = []
         if args.models and path.is_file():  # rerun some models: keep the other rows
             kept = json.loads(path.read_text())["rows"]
