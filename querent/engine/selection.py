@@ -57,7 +57,9 @@ def pick_statistics(
     k = valid.sum(-1).mean()
     picks = np.where(valid, selected, 0)
     distance = apart[own[None, :, None], picks]
-    counts = np.stack([np.bincount(p[v], minlength=n_regions) for p, v in zip(picks, valid)])
+    counts = np.stack(
+        [np.bincount(p[v], minlength=n_regions) for p, v in zip(picks, valid, strict=True)]
+    )
     top = np.sort(counts, axis=1)[:, ::-1][:, :8].sum(1) / counts.sum(1)
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, len(own), size=(2, PAIRS))

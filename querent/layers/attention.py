@@ -71,7 +71,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         head_dim: Features per head (default ``dim // heads``).
         top_k: Regions per query; None attends to all regions (exact full attention); 0 with
             ``local`` scores none (a fixed window: own and adjacent regions).
-        scorer: How queries rate regions: one of ``quest``, ``learned``, ``mean``, ``random``.
+        scorer: How queries rate regions: a key of :data:`~querent.layers.scorers.SCORERS`.
         selection: ``patch`` (per-patch selection, the paper's) or ``region`` (shared, faster).
         summary: Region summary the scorer reads (``minmax``, the paper's, or an ablation).
         local: Also attend to the query's own and adjacent regions, besides its top-k.

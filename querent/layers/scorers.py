@@ -181,10 +181,45 @@ class LearnedScorer(RegionScorer):
         return Scoring(queries, score_all, score_selected)
 
 
+class DistanceScorer(LearnedScorer):
+    """The learned scorer minus a learned multiple, per head, of the distance between regions.
+
+    Each head's score of a region drops by ``softplus(w_h)`` times the lattice distance (in
+    regions) from the query's region to it, so a head can learn to prefer regions near the
+    query (``w_h`` large), or none (``w_h`` towards 0). Not in the paper: its scorer reads the
+    region summaries alone, and our measures found its picks no nearer the query than random
+    ones (docs/context-study.md).
+    """
+
+    def __init__(self, *, dim: int, heads: int, head_dim: int, summary: str = "minmax") -> None:
+        super().__init__(dim=dim, heads=heads, head_dim=head_dim, summary=summary)
+        self.distance_weight = nn.Parameter(torch.zeros(heads))
+
+    def prepare(self, x, q, k, layout):  # noqa: D102
+        content = super().prepare(x, q, k, layout)
+        regions = layout.region_cells.to(x.dtype)
+        # the query's region rides along as two extra channels (region means keep it exact)
+        where = regions[layout.region_of_patch][:, None].expand(-1, self.heads, -1)
+        queries = torch.cat([content.queries, where], dim=-1)
+        weight = nn.functional.softplus(self.distance_weight)[:, None, None]
+
+        def score_all(chunk: torch.Tensor) -> torch.Tensor:
+            distance = torch.cdist(chunk[:, 0, -2:], regions)  # (c, r)
+            return content.score_all(chunk[..., :-2]) - weight.detach() * distance
+
+        def score_selected(chunk: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+            offset = regions[selected] - chunk[None, :, None, 0, -2:].detach()  # (h, c, k, 2)
+            distance = offset.norm(dim=-1)
+            return content.score_selected(chunk[..., :-2], selected) - weight * distance
+
+        return Scoring(queries, score_all, score_selected)
+
+
 #: Scorers by name: the one place that lists them.
 SCORERS: dict[str, type[RegionScorer]] = {
     "quest": QuestScorer,
     "learned": LearnedScorer,
+    "learned_distance": DistanceScorer,
     "mean": MeanScorer,
     "random": RandomScorer,
 }

@@ -85,7 +85,9 @@ class Querent(TransformerMIL):
         depth: Transformer blocks.
         region_size: Lattice cells per region side (regions hold up to region_size² patches).
         top_k: Regions each patch attends to; None = all (exact full attention).
-        scorer: ``learned`` (the paper's), ``quest`` (bound on keys), ``mean`` or ``random``.
+        scorer: ``learned`` (the paper's), ``learned_distance`` (minus a learned multiple of
+            the distance to the query's region), ``quest`` (bound on keys), ``mean`` or
+            ``random``.
         selection: ``region`` (the patches of a region share the pick of their mean query;
             the default: as accurate here and several times faster, docs/context-study.md)
             or ``patch`` (each patch picks its own regions, the paper's).

@@ -213,7 +213,7 @@ def test_module_with_all_regions_equals_dense_module(
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("scorer", ["quest", "learned", "mean"])
+@pytest.mark.parametrize("scorer", ["quest", "learned", "learned_distance", "mean"])
 def test_module_is_equivariant_to_patch_order(scorer, selection):
     torch.manual_seed(0)
     cells, layout = _ragged_layout(3, 200, 20, 4)
@@ -229,7 +229,7 @@ def test_module_is_equivariant_to_patch_order(scorer, selection):
 
 @pytest.mark.parametrize("chunk", [16, 1024])
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("scorer", ["quest", "learned"])
+@pytest.mark.parametrize("scorer", ["quest", "learned", "learned_distance"])
 @pytest.mark.parametrize("local", [False, True])
 def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, chunk, local):
     """Hard top-k forward; every parameter's gradient, learned scorer included, as autograd
@@ -250,7 +250,7 @@ def test_forward_and_gradients_equal_masked_dense_attention(scorer, selection, c
     out, selected = layer(x, layout)
     q, k, v = layer.split(x)
     bias = None
-    if scorer == "learned":
+    if scorer.startswith("learned"):
         scoring = layer.scorer.prepare(x, q, k, layout)
         queries = scoring.queries
         if selection == "region":  # the region's mean scoring query, shared by its patches
@@ -303,3 +303,21 @@ def test_patches_by_area_walks_squares_of_regions():
         ]
     )
     assert torch.equal(patches_by_area(unknown), layout.slots[layout.valid])
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_a_heavy_distance_weight_picks_the_query_s_own_and_nearest_regions(selection):
+    torch.manual_seed(0)
+    _, layout = _ragged_layout(4, 300, 24, 3)
+    layer = QueryAwareSelfAttention(
+        dim=16, heads=2, top_k=1, scorer="learned_distance", selection=selection
+    ).double()
+    x = torch.randn(len(layout.region_of_patch), 16, dtype=torch.float64)
+    with torch.no_grad():
+        layer.scorer.distance_weight.fill_(-20.0)  # softplus ~ 0: content alone
+        _, free = layer(x, layout)
+        layer.scorer.distance_weight.fill_(1e3)
+        _, near = layer(x, layout)
+    own = layout.region_of_patch[None, :]
+    assert torch.equal(near[..., 0], own.expand(2, -1))
+    assert (free[..., 0] == own).float().mean() < 0.5
