@@ -16,6 +16,15 @@ run with the code the workflow runs (``make_splits``, ``fold_slides``, ``train_f
 - ``cost``: seconds and peak memory of one training step at ``--patches`` and ``--large``
   (``--width``: the transformers at that width; written to ``..._cost_width{W}.json``).
 - ``large``: the context cohort at ``--large`` patches per slide (fewer slides and models).
+- ``peers``: the protocol against torchmil's context-aware models and the locality controls,
+  one table per cohort of ``--cohorts`` (``real-{kind}``: real features, see
+  ``context_bank.py``): the cohort's promise, then ``--seeds`` x ``--folds`` per model (with
+  ``--search``: learning rate x weight decay chosen per fold on its validation cases), mean
+  +- sd, pooled out-of-fold AUC with its bootstrap CI, and for Querent the measures of its
+  picks and its AUC with random picks (:mod:`querent.engine.selection`). ``--models`` also
+  takes the Querent variants of ``QUERENT_VARIANTS``.
+- ``peer_cost``: seconds and peak memory of one training step of the peer study's models on
+  1,280-d features at ``--patches`` and ``--large``, each in a fresh process.
 
     python benchmarks/bench_context.py --study design main control cost survival summary ...
         [--folds 5] [--epochs 15] [--lr 1e-3] [--slides 80] [--patches 2000] [--threads 2]
@@ -210,6 +219,13 @@ PEER_MODELS = {
     "torchmil_transmil": {"arch": "torchmil_transmil"},
     "querent": {"arch": "querent"},
 }
+#: Querent changes under test (run when named in ``--models``), besides the default.
+QUERENT_VARIANTS = {
+    "querent_paper": {"arch": "querent", "selection": "patch"},
+    "querent_distance": {"arch": "querent", "scorer": "learned_distance"},
+    "querent_local": {"arch": "querent", "local": True},
+    "querent_distance_64": {"arch": "querent", "scorer": "learned_distance", "dim": 64, "heads": 2},
+}
 #: The same small search for every model (``--search``): learning rate x weight decay, the
 #: setting of each fold chosen on its validation cases only.
 SEARCH = tuple((lr, wd) for lr in (1e-4, 1e-3) for wd in (1e-4, 1e-2))
@@ -329,9 +345,9 @@ def peer_study(args) -> None:
                 r for r in json.loads(path.read_text())["rows"] if r["model"] not in args.models
             )
         out = args.work / "peers" / next(iter(files.values())).parents[1].name
-        for model, spec in PEER_MODELS.items():
-            if args.models and model not in args.models:
-                continue
+        models = PEER_MODELS | QUERENT_VARIANTS
+        for model in args.models or PEER_MODELS:
+            spec = models[model]
             rows.append(protocol_row(model, spec, cohort, files, args, out))
             print(rows[-1], flush=True)
             path.write_text(json.dumps(record, indent=2) + "\n")
@@ -440,6 +456,7 @@ def summary_fidelity(root: Path, settings: ContextSettings, region_size: int = 4
 
 def main() -> None:
     studies = ["design", "main", "control", "survival", *ABLATIONS, "cost", "large", "peers"]
+    studies.append("peer_cost")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", nargs="+", choices=studies, default=["design", "main"])
     parser.add_argument(
@@ -494,6 +511,16 @@ def main() -> None:
                 )
             record["summary_fidelity"] = summary_fidelity(args.work, base)
             print("summary fidelity:", record["summary_fidelity"])
+        elif study == "peer_cost":  # the peer study's models on 1,280-d features
+            for name in args.models or PEER_MODELS:
+                row = {"model": name}
+                for n in (args.patches, args.large):
+                    spec = (PEER_MODELS | QUERENT_VARIANTS)[name]
+                    seconds, mib = step_cost(spec, n, 1280, args.threads)
+                    row |= {f"s_step_{n}": round(seconds, 3), f"mib_{n}": round(mib)}
+                rows.append(row)
+                print(row, flush=True)
+                path.write_text(json.dumps(record, indent=2) + "\n")
         elif study == "cost":
             for name, spec in MAIN.items():
                 if args.models and name not in args.models:
