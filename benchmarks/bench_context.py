@@ -354,9 +354,44 @@ def peer_study(args) -> None:
         path.write_text(json.dumps(record, indent=2) + "\n")
         table = pd.DataFrame(rows).drop(columns=["per_run", "selection"], errors="ignore")
         print(f"\npeers: {name}\n" + table.to_string(index=False) + f"\nwritten: {path}")
-        picks = {r["model"]: r["selection"] for r in rows if "selection" in r}
-        if picks:
-            print("selection\n" + pd.DataFrame(picks).T.to_string())
+        for kind, frame in peer_tables(rows).items():
+            csv = args.results / f"context_{kind}_{name}{suffix}.csv"
+            frame.to_csv(csv, index=False)
+            print(f"{kind}\n{frame.to_string(index=False)}\nwritten: {csv}")
+
+
+def peer_tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
+    """The docs' tables of a cohort: ``peers`` (every model) and ``selection`` (Querent's)."""
+    peers = pd.DataFrame(
+        {
+            "model": r["model"],
+            "AUC mean ± sd": f"{r['mean']:.3f} ± {r['sd']:.3f}",
+            "pooled AUC [95% CI]": f"{r['pooled']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+            "runs": r["runs"],
+            "s / epoch": r["s_per_epoch"],
+        }
+        for r in rows
+    )
+    tables = {"peers": peers}
+    picked = [r for r in rows if "selection" in r]
+    if picked:
+        tables["selection"] = pd.DataFrame(
+            {
+                "model": r["model"],
+                "own region (random)": _versus(r["selection"], "own"),
+                "distance (random)": _versus(r["selection"], "distance", 1),
+                "top-8 share (random)": _versus(r["selection"], "top8"),
+                "overlap (random)": _versus(r["selection"], "overlap"),
+                "AUC": f"{r['mean']:.3f}",
+                "AUC, random picks": f"{r['selection']['random_picks_mean']:.3f}",
+            }
+            for r in picked
+        )
+    return tables
+
+
+def _versus(measures: dict, key: str, digits: int = 2) -> str:
+    return f"{measures[key]:.{digits}f} ({measures[key + '_random']:.{digits}f})"
 
 
 def main_table_row(name: str, spec: dict, folds: int) -> dict | None:
