@@ -144,7 +144,9 @@ class BagDataset(Dataset):
         files: Slide id -> feature file.
         slide_ids: The slides of this dataset, in order.
         region_size: Region size of the model's grid; None: no grid.
-        max_patches: Cut bigger bags to a random subset of this many patches (training).
+        max_patches: Cut bigger bags to this many patches (training).
+        subset: How: ``random`` patches, or ``crop``: whole regions (of ``region_size``, else
+            single cells) nearest to a random patch, up to ``max_patches`` (:func:`crop_rows`).
         seed: Seed of the subsets and augmentations.
         in_memory: Keep every bag after its first read (only in the process that reads it).
         augment: Move each bag's lattice by a random flip, quarter turn and shift
@@ -158,6 +160,7 @@ class BagDataset(Dataset):
         *,
         region_size: int | None = None,
         max_patches: int | None = None,
+        subset: str = "random",
         seed: int = 0,
         in_memory: bool = False,
         augment: bool = False,
@@ -169,6 +172,7 @@ class BagDataset(Dataset):
         self.slide_ids = list(slide_ids)
         self.region_size = region_size
         self.max_patches = max_patches
+        self.subset = subset
         self.seed = seed
         self.in_memory = in_memory
         self.augment = augment
@@ -193,7 +197,10 @@ class BagDataset(Dataset):
         rows = np.arange(len(features))
         rng = np.random.default_rng([self.seed, epoch, zlib.crc32(slide_id.encode())])
         if self.max_patches is not None and len(rows) > self.max_patches:
-            rows = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
+            if self.subset == "crop":
+                rows = crop_rows(cells, self.max_patches, rng, self.region_size or 1)
+            else:
+                rows = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
             features, cells = features[rows], cells[rows]
         if self.augment:
             cells = augment_cells(cells, rng)
@@ -205,6 +212,26 @@ class BagDataset(Dataset):
             torch.from_numpy(rows),
             grid,
         )
+
+
+def crop_rows(cells: np.ndarray, count: int, rng: np.random.Generator, unit: int) -> np.ndarray:
+    """Sorted rows of a spatially contiguous crop of at most ``count`` patches.
+
+    Blocks of ``unit`` x ``unit`` cells (a model's regions: ``cells // unit``) are taken whole,
+    nearest to a random patch's block first, while the crop holds at most ``count`` patches
+    (at least the first block, cut to ``count`` if it alone is larger).
+    """
+    blocks = cells // unit
+    centre = blocks[rng.integers(len(cells))]
+    _, block_of, sizes = np.unique(blocks, axis=0, return_inverse=True, return_counts=True)
+    block_of = block_of.reshape(-1)
+    block_cells = np.zeros((len(sizes), 2), np.int64)
+    block_cells[block_of] = blocks
+    distance = np.hypot(*(block_cells - centre).T)
+    order = np.argsort(distance, kind="stable")
+    taken = order[: max(1, int(np.searchsorted(np.cumsum(sizes[order]), count, side="right")))]
+    rows = np.flatnonzero(np.isin(block_of, taken))
+    return rows[:count]
 
 
 def augment_cells(cells: np.ndarray, rng: np.random.Generator, shift: int = 64) -> np.ndarray:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it, never at D
 RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 #: Constructor arguments the data decides, not the config.
 _DATA_ARGUMENTS = {"in_dim", "n_outputs"}
+#: How a bag bigger than ``max_patches`` is cut (:class:`~querent.data.bags.BagDataset`).
+SUBSETS = ("random", "crop")
 #: Learning rates of the paper when ``lr`` is not set.
 DEFAULT_LR = {"classification": 1e-4, "survival": 2e-4}
 
@@ -47,6 +49,10 @@ class TrainSettings:
     max_patches: int | None = field(
         default=8192,
         metadata={"help": "random patches per slide at training time; null: whole slides"},
+    )
+    subset: str = field(
+        default="random",
+        metadata={"help": "random | crop (contiguous whole regions) above max_patches"},
     )
     augment: bool = field(
         default=False,
@@ -76,6 +82,8 @@ class TrainSettings:
             problems.append("lr must be > 0")
         if self.max_patches is not None and self.max_patches < 1:
             problems.append("max_patches must be >= 1 or null")
+        if self.subset not in SUBSETS:
+            problems.append(f"subset must be one of {SUBSETS}, got {self.subset!r}")
         if self.patience is not None and self.patience < 1:
             problems.append("patience must be >= 1 or null")
         if self.scheduler not in ("cosine", "constant"):

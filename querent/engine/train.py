@@ -187,6 +187,7 @@ def _prepare(
             ids,
             region_size=model.region_size,
             max_patches=settings.max_patches if name == "train" else None,
+            subset=settings.subset,
             seed=settings.seed,
             in_memory=in_memory,
             augment=settings.augment and name == "train",

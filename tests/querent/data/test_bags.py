@@ -9,10 +9,12 @@ from querent.data.bags import (
     EpochOrder,
     bag_loader,
     check_feature_files,
+    crop_rows,
     lattice_cells_of,
     read_bag_arrays,
 )
 from querent.data.grid import build_grid
+from querent.data.synthetic import _write_bag
 
 
 def _files(synthetic_cohort):
@@ -110,3 +112,32 @@ def test_augment_cells_reaches_all_eight_orientations():
         moved = augment_cells(cells, rng)
         shapes.add(tuple((moved - moved[0]).ravel()))
     assert len(shapes) == 8
+
+
+def test_a_crop_takes_whole_regions_nearest_a_random_patch():
+    rng = np.random.default_rng(0)
+    side = 40
+    cells = np.argwhere(rng.random((side, side)) < 0.7)[:, ::-1].astype(np.int64)
+    rows = crop_rows(cells, 300, np.random.default_rng(1), 4)
+    assert 250 < len(rows) <= 300 and np.all(np.diff(rows) > 0)
+    blocks = [tuple(b) for b in cells // 4]
+    taken = {blocks[r] for r in rows}
+    in_taken = np.array([b in taken for b in blocks])
+    assert in_taken.sum() == len(rows)  # every taken region is whole
+    spread = np.ptp(cells[rows], axis=0)
+    assert spread.max() < 0.75 * side  # a compact piece, not patches from all over
+    assert len(crop_rows(cells, 5, np.random.default_rng(1), 4)) == 5  # one region, cut
+
+
+def test_bag_dataset_crops_or_subsamples_as_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    cells = np.argwhere(rng.random((30, 30)) < 0.8)[:, ::-1].astype(np.int64)
+    path = tmp_path / "s.h5"
+    _write_bag(path, rng.normal(size=(len(cells), 4)).astype(np.float32), cells, "synthetic")
+    for subset in ("random", "crop"):
+        data = BagDataset({"s": path}, ["s"], region_size=4, max_patches=200, subset=subset)
+        bag = data[0, 3]
+        assert len(bag.features) <= 200
+        kept = bag.cells.numpy()
+        spread = np.ptp(kept, axis=0).max()
+        assert (spread < 25) == (subset == "crop")
