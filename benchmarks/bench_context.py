@@ -314,21 +314,24 @@ def selection_measures(folders: list[Path], cohort, files, tests: list[list[str]
     return row | {"random_picks_mean": round(statistics.mean(random_auc), 3)}
 
 
+def cohort_settings(name: str, args) -> tuple[ContextSettings, FeatureBank | None]:
+    """Settings of cohort ``name`` (a kind, or ``real-{kind}``) and its feature bank."""
+    kind = name.removeprefix("real-")
+    bank = feature_bank(args.work / "bank") if kind != name else None
+    settings = ContextSettings(
+        kind=kind,
+        slides=args.slides,
+        patches=args.patches,
+        range=args.range,
+        dim=32 if bank is None else bank.features.shape[1],
+    )
+    return settings, bank
+
+
 def peer_study(args) -> None:
     """The peer study: one table (and JSON) per cohort, every model under the protocol."""
-    bank = None
     for name in args.cohorts:
-        kind = name.removeprefix("real-")
-        if kind != name and bank is None:
-            bank = feature_bank(args.work / "bank")
-        settings = ContextSettings(
-            kind=kind,
-            slides=args.slides,
-            patches=args.patches,
-            range=args.range,
-            dim=bank.features.shape[1] if kind != name else 32,
-        )
-        use_bank = bank if kind != name else None
+        settings, use_bank = cohort_settings(name, args)
         suffix = f"_r{args.range}" if args.range != 2 else ""
         path = args.results / f"bench_context_peers_{name}{suffix}.json"
         record = {
@@ -539,11 +542,12 @@ def main() -> None:
         if args.models and path.is_file():  # rerun some models: keep the other rows
             kept = json.loads(path.read_text())["rows"]
             rows.extend(row for row in kept if row["model"] not in args.models)
-        if study == "design":
-            for kind in ("margin", "aggregate", "control"):
-                rows.append(
-                    design_check(args.work, ContextSettings(**{**vars(base), "kind": kind}))
-                )
+        if study == "design":  # every cohort of --cohorts and the control, at --range
+            for name in [*args.cohorts, "control"]:
+                settings, bank = cohort_settings(name, args)
+                rows.append(design_check(args.work, settings, bank))
+                print(rows[-1], flush=True)
+            pd.DataFrame(rows).to_csv(args.results / "context_design_peers.csv", index=False)
             record["summary_fidelity"] = summary_fidelity(args.work, base)
             print("summary fidelity:", record["summary_fidelity"])
         elif study == "peer_cost":  # the peer study's models on 1,280-d features

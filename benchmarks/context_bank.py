@@ -14,6 +14,7 @@ are those of real features.
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def real_features(work: Path) -> np.ndarray:
     return np.concatenate(features).astype(np.float32)
 
 
+@functools.cache
 def feature_bank(work: Path, seed: int = 0) -> FeatureBank:
     """The shared slides' features, clustered into the types (largest cluster: stroma)."""
     features = real_features(work)
