@@ -393,6 +393,29 @@ def peer_tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def cost_table(rows: list[dict], args) -> pd.DataFrame:
+    """The docs' cost table: seconds per step and peak MiB at both sizes, and the ratios."""
+    small, large = args.patches, args.large
+    cheaper = {
+        n: min(r[f"s_step_{n}"] for r in rows if r["model"] in ("patchgcn", "smabmil"))
+        if any(r["model"] in ("patchgcn", "smabmil") for r in rows)
+        else float("nan")
+        for n in (small, large)
+    }
+    return pd.DataFrame(
+        {
+            "model": r["model"],
+            f"s / step, {small:,}": r[f"s_step_{small}"],
+            f"MiB, {small:,}": r[f"mib_{small}"],
+            f"s / step, {large:,}": r[f"s_step_{large}"],
+            f"MiB, {large:,}": r[f"mib_{large}"],
+            f"x cheaper peer, {small:,}": round(r[f"s_step_{small}"] / cheaper[small], 2),
+            f"x cheaper peer, {large:,}": round(r[f"s_step_{large}"] / cheaper[large], 2),
+        }
+        for r in rows
+    )
+
+
 def _versus(measures: dict, key: str, digits: int = 2) -> str:
     return f"{measures[key]:.{digits}f} ({measures[key + '_random']:.{digits}f})"
 
@@ -560,6 +583,7 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
                 path.write_text(json.dumps(record, indent=2) + "\n")
+                cost_table(rows, args).to_csv(args.results / "context_peer_cost.csv", index=False)
         elif study == "cost":
             for name, spec in MAIN.items():
                 if args.models and name not in args.models:
