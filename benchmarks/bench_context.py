@@ -78,6 +78,7 @@ from querent.engine.runs import model_run
 from querent.engine.selection import pick_statistics, random_picks
 from querent.engine.tasks import predictions_table
 from querent.engine.train import train_fold
+from querent.layers.attention import QueryAwareSelfAttention
 from querent.layers.regions import RegionLayout, region_summary
 from querent.models import create_model
 
@@ -85,11 +86,20 @@ HERE = Path(__file__).resolve().parent
 #: Model width of every transformer run (small: the cohorts are small).
 SMALL = {"dim": 32, "heads": 2}
 #: Querent as in the paper: regions of 4 x 4 cells, top 8, per-patch selection, no geometry.
-PAPER = {"arch": "querent", **SMALL, "region_size": 4, "top_k": 8, "selection": "patch"}
+PAPER = {
+    "arch": "querent",
+    **SMALL,
+    "region_size": 4,
+    "top_k": 8,
+    "selection": "patch",
+    "local": False,
+    "distance_bias": False,
+}
 #: The paper's Querent with the learned scorer: the base of the ablations (per-patch selection,
 #: as the paper ablates it).
 QUERENT = {**PAPER, "scorer": "learned"}
-#: The default Querent (chosen from the main study: docs/context-study.md, "Defaults").
+#: The default Querent of the main study (docs/context-study.md, "Defaults"), before the peer
+#: study made it local with a distance bias.
 DEFAULT = {**QUERENT, "selection": "region"}
 LOCAL = {**PAPER, "local": True}
 GEOMETRY = {"positional": "relative", "training": {"augment": True}}
@@ -219,12 +229,14 @@ PEER_MODELS = {
     "torchmil_transmil": {"arch": "torchmil_transmil"},
     "querent": {"arch": "querent"},
 }
+#: Querent before the peer study: global picks, no distance bias.
+GLOBAL = {"local": False, "distance_bias": False}
 #: Querent changes under test (run when named in ``--models``), besides the default.
 QUERENT_VARIANTS = {
-    "querent_paper": {"arch": "querent", "selection": "patch"},
-    "querent_distance": {"arch": "querent", "scorer": "learned_distance"},
-    "querent_local": {"arch": "querent", "local": True},
-    "querent_distance_64": {"arch": "querent", "scorer": "learned_distance", "dim": 64, "heads": 2},
+    "querent_paper": {"arch": "querent", "selection": "patch", **GLOBAL},
+    "querent_global": {"arch": "querent", **GLOBAL},
+    "querent_distance": {"arch": "querent", "scorer": "learned_distance", **GLOBAL},
+    "querent_local": {"arch": "querent", "local": True, "distance_bias": False},
 }
 #: The same small search for every model (``--search``): learning rate x weight decay, the
 #: setting of each fold chosen on its validation cases only.
@@ -289,22 +301,25 @@ def protocol_row(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
 def selection_measures(folders: list[Path], cohort, files, tests: list[list[str]]) -> dict:
     """Pick measures of trained query-aware models on their test slides, averaged over runs.
 
-    Also the test AUC of each run's model with random picks at the same k (the ablation of
-    :mod:`querent.engine.selection`).
+    Only the scored picks count: a local model's own and adjacent regions (always attended,
+    never scored) are left out. Also the test AUC of each run's model with random picks at the
+    same k (the ablation of :mod:`querent.engine.selection`).
     """
     measures, random_auc = [], []
     for folder, test in zip(folders, tests, strict=True):
+        model, task, _ = load_model(folder / "model.pt")
+        layer = next(m for m in model.modules() if isinstance(m, QueryAwareSelfAttention))
         for slide_id in test:
             picks = read_attention(folder / "eval" / "attention.h5", slide_id)
+            scored = picks["selected"][..., -layer.top_k :] if layer.local else picks["selected"]
             cells = read_bag_arrays(files[slide_id])[1]
             measures.append(
                 pick_statistics(
-                    torch.from_numpy(picks["selected"]),
+                    torch.from_numpy(scored),
                     torch.from_numpy(picks["region_of_patch"]),
                     torch.from_numpy(cells),
                 )
             )
-        model, task, _ = load_model(folder / "model.pt")
         with random_picks(model):
             logits, _ = apply_model(model, files, test, device=torch.device("cpu"))
         case_ids = cohort.table.set_index("slide_id").loc[test, "case_id"].tolist()

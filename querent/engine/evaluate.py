@@ -28,14 +28,20 @@ from querent.models import MILModel, create_model
 logger = logging.getLogger(__name__)
 
 
+#: Defaults that changed since checkpoints recorded only the settings a config gave
+#: (Querent then was neither local nor distance-biased by default).
+LEGACY_DEFAULTS = {"querent": {"local": False, "distance_bias": False}}
+
+
 def load_model(path: str | Path) -> tuple[MILModel, Task, dict]:
     """The model, fitted task and checkpoint of a ``model.pt`` (eval mode, on the CPU)."""
     ckpt = checkpoint.load(path)
     task = task_from_state(ckpt["task"])
     run = ckpt["run"]
-    model = create_model(
-        run["arch"], in_dim=ckpt["in_dim"], n_outputs=task.n_outputs, **run["model"]
-    )
+    arguments = ckpt.get("model_arguments")
+    if arguments is None:  # saved before checkpoints recorded every setting
+        arguments = LEGACY_DEFAULTS.get(run["arch"], {}) | run["model"]
+    model = create_model(run["arch"], in_dim=ckpt["in_dim"], n_outputs=task.n_outputs, **arguments)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), task, ckpt
 

@@ -41,6 +41,7 @@ from querent.engine.provenance import provenance
 from querent.engine.runs import ModelRun, TrainSettings
 from querent.engine.tasks import Task, predictions_table
 from querent.models import MILModel, create_model
+from querent.models.registry import resolved_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def train_fold(
     return saver.save_model(
         {
             "run": run.to_dict(),
+            "model_arguments": resolved_arguments(run.arch, run.model),
             "task": task.state(),
             "encoder": encoder,
             "features_encoder": setup.features_encoder,

@@ -78,6 +78,9 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         chunk_size: Queries processed at once (bounds memory).
         prune: Exact top-k by bounding groups of regions (``patch`` selection with the
             ``quest`` scorer); False scores every region (same picks, for comparison).
+        distance_bias: Add ``-slope * distance`` (in regions, from the query's region) to each
+            head's logits, slopes learned from ``1, 1/2, 1/4, ...`` (not in the paper; see
+            :mod:`querent.layers.query_aware`).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         local: bool = False,
         chunk_size: int = 1024,
         prune: bool = True,
+        distance_bias: bool = False,
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         if top_k is not None and top_k < (0 if local else 1):
@@ -109,6 +113,9 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         self.scorer = make_scorer(
             scorer, dim=dim, heads=heads, head_dim=self.head_dim, summary=summary
         )
+        # softplus(raw) = 2**-head at the start: from near (e^-1 per region) to the whole slide
+        start = 2.0 ** -torch.arange(heads, dtype=torch.float32)
+        self.distance_slope = nn.Parameter(start.expm1().log()) if distance_bias else None
 
     def forward(self, x: torch.Tensor, layout: RegionLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend.
@@ -132,5 +139,10 @@ class QueryAwareSelfAttention(MultiHeadProjections):
             local=self.local,
             chunk_size=self.chunk_size,
             prune=self.prune,
+            distance_slopes=(
+                None
+                if self.distance_slope is None
+                else nn.functional.softplus(self.distance_slope).to(q.dtype)
+            ),
         )
         return self.merge(out), selected

@@ -15,6 +15,11 @@ Two ways to select:
   scoring query. Scoring costs ``r * r`` (``s²`` times less) and each region's queries attend
   as one dense block.
 
+With ``distance_slopes`` (not in the paper), each head adds ``-slope * distance`` to the
+attention logits of a region's keys, the lattice distance in regions from the query's region
+(ALiBi's linear bias, per region): a head with a steep slope stays near its query, a flat one
+reads the whole slide, and the keys of a far picked region are told apart from near ones.
+
 Memory stays bounded whatever ``n``: queries run in chunks through the kernels of
 :mod:`querent.layers.tiled`, whose backward pass recomputes each chunk.
 """
@@ -109,6 +114,23 @@ def _select(
     return torch.cat(selections, dim=1), bias
 
 
+def distance_bias(
+    layout: RegionLayout, group_regions: torch.Tensor, selected: torch.Tensor, slopes: torch.Tensor
+) -> torch.Tensor:
+    """(h, g, k) ``-slope_h`` times the lattice distance from each group's region to its picks.
+
+    Args:
+        layout: Region layout (with ``region_cells``).
+        group_regions: (g,) region of each query group.
+        selected: (h, g, k) selected regions (``n_regions`` marks none; its bias is unused).
+        slopes: (h,) non-negative slope of each head.
+    """
+    cells = layout.region_cells.to(slopes.dtype)
+    picked = cells[selected.clamp(max=layout.n_regions - 1)]  # (h, g, k, 2)
+    distance = (picked - cells[group_regions][None, :, None]).norm(dim=-1)
+    return -slopes[:, None, None] * distance
+
+
 def query_aware_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,6 +143,7 @@ def query_aware_attention(
     local: bool = False,
     chunk_size: int = 1024,
     prune: bool = True,
+    distance_slopes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of every query over the keys of its top-k regions.
 
@@ -139,6 +162,8 @@ def query_aware_attention(
         prune: With ``selection="patch"``, find each query's top k by bounding groups of
             regions where the scorer can (``quest``; :mod:`querent.layers.pruning`): the same
             regions as scoring them all. False scores every region.
+        distance_slopes: (h,) non-negative slopes of a distance bias on the logits (see the
+            module docstring), or None for none.
 
     Returns:
         (outputs (n, h, dv), selected regions (h, n, k); -1 marks no region, where a query had
@@ -174,6 +199,14 @@ def query_aware_attention(
         attend, attend_backward = attend_shared, attend_shared_backward
     prune = prune and selection == "patch"
     selected, bias = _select(scoring, group_queries, top, step, near, n_regions, prune)
+    if distance_slopes is not None:
+        group_regions = (
+            layout.region_of_patch.index_select(0, order)
+            if selection == "patch"
+            else torch.arange(n_regions, device=q.device)
+        )
+        near_bias = distance_bias(layout, group_regions, selected, distance_slopes)
+        bias = near_bias if bias is None else bias + near_bias
     blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
     out = ChunkedAttention.apply(
         groups, keys, values, bias, blocks, block_valid, attend, attend_backward, step

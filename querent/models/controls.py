@@ -107,6 +107,7 @@ class LocalWindow(Querent):
             scorer="quest",  # never asked: it has no parameters to leave unused
             selection="region",
             local=True,
+            distance_bias=False,
             mlp_ratio=mlp_ratio,
             positional=positional,
             dropout=dropout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from querent.models.base import MILModel
@@ -44,3 +45,13 @@ def create_model(name: str, **kwargs: object) -> MILModel:
         ValueError: Unknown name (the message lists the valid ones).
     """
     return model_class(name)(**kwargs)
+
+
+def resolved_arguments(name: str, given: dict) -> dict:
+    """Every setting of model ``name`` (its defaults, overridden by ``given``), less the sizes.
+
+    Checkpoints record these, so a model loads as it was trained after a default changes.
+    """
+    bound = inspect.signature(model_class(name)).bind_partial(**given)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in ("in_dim", "n_outputs")}

@@ -95,6 +95,8 @@ class Querent(TransformerMIL):
             ``min``, ``max``, ``mean``, ``meanstd``.
         local: Also attend to the query's own and 8 adjacent regions besides its top-k (local
             plus query-aware global context; not in the paper).
+        distance_bias: Each head's logits fall linearly with the distance (in regions) from the
+            query's region, slopes learned (ALiBi per region; not in the paper).
         mlp_ratio: Hidden width of the blocks' MLP relative to ``dim``.
         positional: ``none``, ``absolute`` (2D sine-cosine of the cells) or ``relative`` (of
             the cells relative to the slide's centre, scaled by a learned gain).
@@ -115,7 +117,8 @@ class Querent(TransformerMIL):
         scorer: str = "learned",
         selection: str = "region",
         summary: str = "minmax",
-        local: bool = False,
+        local: bool = True,
+        distance_bias: bool = True,
         mlp_ratio: float = 2.0,
         positional: str = "none",
         dropout: float = 0.0,
@@ -132,6 +135,7 @@ class Querent(TransformerMIL):
                 selection=selection,
                 summary=summary,
                 local=local,
+                distance_bias=distance_bias,
                 chunk_size=chunk_size,
             )
             for _ in range(depth)

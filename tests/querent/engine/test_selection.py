@@ -29,10 +29,12 @@ def test_measures_of_picks_that_stay_home_and_picks_that_flock():
 
 
 def _querent_bag(side=32, region_size=4, seed=0):
+    """A global Querent (no local regions: every pick is scored) and a lattice bag."""
     torch.manual_seed(seed)
     model = create_model(
-        "querent", in_dim=8, n_outputs=2, dim=16, heads=2, region_size=region_size, top_k=2
-    ).eval()
+        "querent", in_dim=8, n_outputs=2, dim=16, heads=2, region_size=region_size, top_k=2,
+        local=False,
+    ).eval()  # fmt: skip
     cells = _lattice(side)
     return model, torch.randn(len(cells), 8), cells
 

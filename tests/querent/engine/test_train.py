@@ -47,6 +47,23 @@ def test_training_is_deterministic_and_loads_weights_only(synthetic_cohort, tmp_
     assert task.classes == ("neg", "pos") and model.head.out_features == 2
 
 
+def test_a_checkpoint_loads_as_trained_when_a_default_changes(synthetic_cohort, tmp_path):
+    path = train_synthetic(synthetic_cohort, tmp_path / "a", "querent")
+    ckpt = torch.load(path, weights_only=True)
+    settings = ckpt["model_arguments"]
+    assert settings["top_k"] == 3 and settings["region_size"] == 2  # given
+    assert settings["selection"] == "region" and "in_dim" not in settings  # defaults
+    model, _, _ = load_model(path)
+    assert model.blocks[0].attention.distance_slope is not None  # trained with today's default
+    # a checkpoint from before they were recorded: trained when Querent was global, unbiased
+    legacy = {k: v for k, v in ckpt.items() if k != "model_arguments"}
+    legacy["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "distance" not in k}
+    checkpoint.save(legacy, tmp_path / "legacy.pt")
+    model, _, _ = load_model(tmp_path / "legacy.pt")
+    layer = model.blocks[0].attention
+    assert layer.distance_slope is None and not layer.local
+
+
 def test_a_different_seed_trains_a_different_model(synthetic_cohort, tmp_path):
     first = train_synthetic(synthetic_cohort, tmp_path / "a")
     other = train_synthetic(synthetic_cohort, tmp_path / "b", seed=1)

@@ -321,3 +321,40 @@ def test_a_heavy_distance_weight_picks_the_query_s_own_and_nearest_regions(selec
     own = layout.region_of_patch[None, :]
     assert torch.equal(near[..., 0], own.expand(2, -1))
     assert (free[..., 0] == own).float().mean() < 0.5
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize(("top_k", "local"), [(None, False), (2, True)])
+def test_distance_bias_lowers_logits_by_slope_times_region_distance(selection, top_k, local):
+    _, layout = _ragged_layout(6, 300, 24, 3)
+    q, k, v = _qkv(6, len(layout.region_of_patch), 3, 8)
+    slopes = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    out, selected = query_aware_attention(
+        q, k, v, layout, _quest(q, k, layout), top_k=top_k, selection=selection,
+        local=local, chunk_size=50, distance_slopes=slopes,
+    )  # fmt: skip
+    cells = layout.region_cells.double()
+    own = cells[layout.region_of_patch]  # (n, 2)
+    distance = (cells[selected.clamp(min=0)] - own[None, :, None]).norm(dim=-1)
+    bias = (-slopes[:, None, None] * distance).masked_fill(selected < 0, 0)
+    expected = _reference(q, k, v, layout, selected, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    (grad,) = torch.autograd.grad(out.square().sum(), slopes)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), slopes)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-7, atol=1e-9)
+    assert grad.abs().min() > 0  # every head's slope learns
+
+
+def test_distance_bias_module_starts_with_halving_slopes_and_is_equivariant():
+    torch.manual_seed(0)
+    layer = QueryAwareSelfAttention(dim=16, heads=4, top_k=2, local=True, distance_bias=True)
+    slopes = torch.nn.functional.softplus(layer.distance_slope)
+    torch.testing.assert_close(slopes, torch.tensor([1.0, 0.5, 0.25, 0.125]))
+    assert QueryAwareSelfAttention(dim=16, heads=4).distance_slope is None
+    cells, layout = _ragged_layout(7, 200, 20, 4)
+    x = torch.randn(len(layout.region_of_patch), 16)
+    out, _ = layer(x, layout)
+    perm = torch.randperm(len(x))
+    shuffled = RegionLayout.from_grid(build_grid(cells[perm.numpy()], 1, 4))
+    out_perm, _ = layer(x[perm], shuffled)
+    torch.testing.assert_close(out_perm, out[perm], rtol=1e-5, atol=1e-5)

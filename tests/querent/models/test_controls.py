@@ -62,4 +62,4 @@ def test_the_local_window_sees_its_own_and_adjacent_regions_only():
 
 def test_no_scored_regions_needs_the_local_window():
     with pytest.raises(ValueError, match="top_k.*local"):
-        create_model("querent", in_dim=4, n_outputs=2, dim=8, heads=2, top_k=0)
+        create_model("querent", in_dim=4, n_outputs=2, dim=8, heads=2, top_k=0, local=False)

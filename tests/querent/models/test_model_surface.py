@@ -273,7 +273,7 @@ def test_every_parameter_gets_a_gradient(name):
         ("transmil", {"dropout": 1.0}),
         ("abmil", {"in_dim": 0}),
         ("transmil", {"n_outputs": 0}),
-        ("querent", {"top_k": 0}),
+        ("querent", {"top_k": 0, "local": False}),
         ("querent", {"region_size": 0}),
         ("querent", {"scorer": "best"}),
         ("querent", {"selection": "slide"}),

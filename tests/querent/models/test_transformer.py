@@ -15,7 +15,9 @@ def _ragged_bag(seed, n_cells, extent, in_dim):
 
 
 def _pair(seed, **settings):
-    """A Querent model and a full_attention model carrying the same weights."""
+    """A Querent model (the paper's: global, no distance bias, unless asked) and a
+    full_attention model carrying the same weights."""
+    settings = {"local": False, "distance_bias": False} | settings
     torch.manual_seed(seed)
     shared = {"in_dim": 24, "n_outputs": 3, "dim": 32, "heads": 4, "depth": 2}
     shared["positional"] = settings.pop("positional", "none")
