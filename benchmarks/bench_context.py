@@ -73,7 +73,7 @@ from querent.data.synthetic import write_context_cohort
 from querent.engine.aggregate import read_predictions, summarize_run
 from querent.engine.evaluate import apply_model, evaluate_fold, load_model
 from querent.engine.experiment import match_features
-from querent.engine.metrics import case_level, compute_metrics, fold_metrics, survival_metrics
+from querent.engine.metrics import fold_metrics, survival_metrics
 from querent.engine.runs import model_run
 from querent.engine.selection import pick_statistics, random_picks
 from querent.engine.tasks import predictions_table
@@ -279,14 +279,13 @@ def protocol_row(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
             predictions.append(read_predictions(folder / "eval" / "predictions.csv"))
     runs = [s["level"]["case"][metric] for s in scores]
     summary = summarize_run(name, "bench", predictions)
-    pooled = compute_metrics(case_level(pd.concat(predictions, ignore_index=True)))[metric]
     row = {
         "model": name,
         "cases": summary["n_cases"],
         "runs": len(runs),
         "mean": round(statistics.mean(runs), 3),
         "sd": round(statistics.stdev(runs), 3) if len(runs) > 1 else float("nan"),
-        "pooled": round(pooled, 3),
+        "pooled": round(summary[f"{metric}_pooled"], 3),
         "ci_low": round(summary[f"{metric}_ci_low"], 3),
         "ci_high": round(summary[f"{metric}_ci_high"], 3),
         "per_run": [round(r, 3) for r in runs],

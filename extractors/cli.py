@@ -200,12 +200,19 @@ def check_coords_mpp(slide_kwargs: dict, path: Path, coords: Path) -> None:
     )
 
 
+def tiled_mpp(coords: Path) -> float | None:
+    """The level-0 MPP a coords file was tiled at (``level0_mpp``); None in other tools' files."""
+    _, attrs = read_coords(coords)
+    return float(attrs["level0_mpp"]) if "level0_mpp" in attrs else None
+
+
 def run_extract(args: argparse.Namespace) -> None:
     """Extract patch features: DIR/{slide_id}.h5 per slide; the encoder is loaded once.
 
-    The patches are the ones the coords file describes, at the MPP they were tiled at: --mpp
-    and --mpp-default serve to open slides without MPP metadata, and an MPP that differs from
-    the coords' is an error (tile again with that --mpp instead).
+    The patches are the ones the coords file describes, at the MPP they were tiled at, which
+    the slide is opened with too. --mpp and --mpp-default serve only coords files that do not
+    record it (other tools'); an MPP that differs from the coords' is an error (tile again with
+    that --mpp instead).
     """
     import torch
 
@@ -237,6 +244,8 @@ def run_extract(args: argparse.Namespace) -> None:
             "mpp_default": args.mpp_default,
         }
         check_coords_mpp(slide_kwargs, path, coords)
+        if args.mpp is None and args.mpp_default is None:
+            slide_kwargs["mpp_override"] = tiled_mpp(coords)
         jobs.append((path, coords, out, slide_kwargs))
     if not jobs:
         return
@@ -279,8 +288,9 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mpp",
         type=float,
-        help="level-0 µm/px, wins over the slide metadata; must be the MPP the coords were "
-        "tiled at (an error otherwise: tile again with `querent tile --mpp`)",
+        help="level-0 µm/px (default: the one the coords were tiled at, else the slide "
+        "metadata); must be the MPP the coords were tiled at (an error otherwise: tile again "
+        "with `querent tile --mpp`)",
     )
     parser.add_argument(
         "--mpp-default",

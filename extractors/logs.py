@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from types import TracebackType
+
+from extractors.errors import QuerentError
 
 #: The line format of every log the workflow writes.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -21,14 +24,17 @@ def quiet_chatty_loggers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def log_to_file(path: str) -> None:
-    """Send library logs to ``path`` and record any uncaught error there before exiting.
+def log_to_file(*paths: str | os.PathLike) -> None:
+    """Send library logs to ``paths``, appended to, and record any uncaught error there too.
 
-    Snakemake shows the log of a failed job, so the error message that names the slide and the
-    fix is what the user sees.
+    A user error (:class:`~extractors.errors.QuerentError`: its message names the input and the
+    fix) reaches the terminal as one line on stderr, its traceback only the log; an interrupted
+    job (Ctrl-C) logs one line and prints nothing; a bug keeps its traceback on stderr as well.
+    Snakemake deletes a job's ``log:`` before the job runs, so a log that must outlive a rerun
+    (training's, across resumes) is given as a second path.
     """
     logging.basicConfig(
-        filename=path,
+        handlers=[logging.FileHandler(path, mode="a") for path in paths],
         level=logging.INFO,
         format=LOG_FORMAT,
         force=True,
@@ -37,7 +43,14 @@ def log_to_file(path: str) -> None:
     default_hook = sys.excepthook
 
     def log_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None):
-        logging.getLogger("querent").error("%s", error, exc_info=(kind, error, tb))
-        default_hook(kind, error, tb)
+        logger = logging.getLogger("querent")
+        if issubclass(kind, KeyboardInterrupt):  # Python then exits as killed by SIGINT
+            logger.error("interrupted (Ctrl-C) before it finished; the next run redoes this job")
+            return
+        logger.error("%s", error, exc_info=(kind, error, tb))
+        if issubclass(kind, QuerentError):
+            print(f"querent: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        else:
+            default_hook(kind, error, tb)
 
     sys.excepthook = log_uncaught

@@ -80,6 +80,27 @@ def test_extract_refuses_an_mpp_the_coords_were_not_tiled_at(cmu_slide, tmp_path
     assert "tiled at" in " ".join(help_text.split())
 
 
+def test_extract_takes_the_mpp_the_coords_were_tiled_at(tcga_slide, tmp_path, capsys):
+    # The TCGA frozen section has no MPP metadata: tiled with --mpp, extracted without it.
+    tile = ["tile", str(tcga_slide), "--mpp", "0.5", "--target-mpp", "2", "--patch-size", "224"]
+    assert main([*tile, "-o", str(tmp_path)]) == 0
+    coords = tmp_path / "tcga-cr-7395-01a-01-ts1.h5"
+    extract = ["extract", str(tcga_slide), "--coords", str(coords), "--allow-mpp-mismatch"]
+    assert main([*extract, "-o", str(tmp_path / "f")]) == 0
+    with h5py.File(tmp_path / "f" / coords.name) as features, h5py.File(coords) as tiled:
+        assert features["features"].shape[0] == tiled["coords"].shape[0] > 0
+
+    with h5py.File(coords, "r+") as h5:  # as another tool's coords: no MPP recorded
+        del h5["coords"].attrs["level0_mpp"]
+    capsys.readouterr()
+    assert main([*extract, "-o", str(tmp_path / "g")]) == 1
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1
+    for part in ("querent extract: error:", str(tcga_slide), "no microns-per-pixel", "--mpp"):
+        assert part in error
+    assert not (tmp_path / "g" / coords.name).exists()
+
+
 def test_tile_reuses_a_given_tissue_geojson(cmu_slide, tmp_path):
     assert main(["segment", str(cmu_slide), "-o", str(tmp_path / "seg")]) == 0
     geojson = tmp_path / "seg" / "cmu-1-small-region.geojson"
@@ -307,3 +328,31 @@ def test_a_synthetic_context_cohort_trains_from_the_config(tmp_path, monkeypatch
         main(["synthetic", str(out), "--kind", "spiral"])
     with pytest.raises(SystemExit, match="0"):
         main(["synthetic", "--help"])
+
+
+def test_the_cli_reads_the_config_as_planning_does(tmp_path, synthetic_cohort, monkeypatch, capsys):
+    """Per-run overrides keep the training section's other keys; every problem at once."""
+    import pandas as pd
+    import yaml
+
+    sheet, features = synthetic_cohort
+    config = {
+        "features": {"dir": str(features), "encoder": "synthetic"},
+        "cohort": {"sheet": str(sheet)},
+        "splits": {"folds": 3},
+        "training": {"epochs": 2},
+        "models": {"small": {"arch": "abmil", "dim": 16, "training": {"lr": 0.001}}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["splits"]) == 0
+    assert main(["train", "--model", "small", "--fold", "0"]) == 0
+    history = pd.read_csv("results/models/small/synthetic/fold_0/history.csv")
+    assert len(history) == 2  # the section's epochs, not the schema's default 50
+
+    config["training"] = {"epoch": 2, "patience": 0}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--model", "small", "--fold", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "training.epoch: unknown setting; did you mean `epochs`?" in err
+    assert "training.patience:" in err

@@ -86,6 +86,7 @@ def resolve_mpp(
     properties: dict[str, str],
     *,
     name: str,
+    slide_id: str = "SLIDE",
     override: float | None = None,
     default: float | None = None,
 ) -> tuple[float, str]:
@@ -98,6 +99,7 @@ def resolve_mpp(
     Args:
         properties: OpenSlide properties of the slide.
         name: Slide name used in messages.
+        slide_id: Slide id, for the ``slides.per_slide`` example of the missing-MPP message.
         override: Per-slide MPP from the slide sheet, or None.
         default: Fallback MPP from the config (``slides.mpp_default``), or None.
 
@@ -147,8 +149,10 @@ def resolve_mpp(
         return float(default), "config_default"
     raise SlideError(
         f"{name}: the slide has no microns-per-pixel metadata (openslide.mpp-x, aperio.MPP, TIFF "
-        "resolution). Fix: give it an 'mpp' column in the slide sheet (config slides.sheet; "
-        "CLI --mpp), or set slides.mpp_default in config.yaml if all such slides share one MPP."
+        "resolution). Fix: give its level-0 µm/px (0.25 at 40x, 0.5 at 20x) in the slide "
+        f"sheet's 'mpp' column (slides.sheet), or in config.yaml as slides.per_slide: "
+        f"{{{slide_id}: {{mpp: 0.25}}}}, or as slides.mpp_default: 0.25 for every slide "
+        "without it (CLI: --mpp, --mpp-default)."
     )
 
 
@@ -213,7 +217,11 @@ class Slide:
             ) from err
         self.properties = dict(self._osr.properties)
         self.mpp, self.mpp_source = resolve_mpp(
-            self.properties, name=name, override=mpp_override, default=mpp_default
+            self.properties,
+            name=name,
+            slide_id=self.slide_id,
+            override=mpp_override,
+            default=mpp_default,
         )
         self.dimensions: tuple[int, int] = self._osr.dimensions
         self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions

@@ -80,31 +80,38 @@ def read_bag_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return features.astype(np.float32, copy=False), lattice_cells_of(coords, step, path)
 
 
-def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str]:
-    """Check that every slide's features can train a model.
+def inspect_feature_files(files: Mapping[str, Path]) -> dict[str, tuple[int, str | None]]:
+    """Each slide's feature width and ``encoder`` attribute (None where absent).
 
-    Reads each file once.
+    Reads each file once; files of different widths or encoders are fine here (a deployed
+    model checks each file against itself).
+
+    Raises:
+        CohortError: Empty bags or NaN / Inf values; the message lists the slides and says
+            what to do.
+    """
+    found, problems = _inspect(files)
+    if problems:
+        raise CohortError("; ".join(problems))
+    return found
+
+
+def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str | None]:
+    """Check that every slide's features can train one model.
 
     Returns:
-        The feature width and the files' ``encoder`` attribute ("unknown" where absent).
+        The feature width and the files' ``encoder`` attribute (None where absent).
 
     Raises:
         CohortError: Files of different widths or encoders, empty bags, or NaN / Inf values;
             the message lists the slides and says what to do.
     """
+    found, read_problems = _inspect(files)
     widths: dict[int, list[str]] = {}
     encoders: dict[str, list[str]] = {}
-    empty, non_finite = [], []
-    for slide_id, path in files.items():
-        n, width = feature_shape(path)
+    for slide_id, (width, encoder) in found.items():
         widths.setdefault(width, []).append(slide_id)
-        with h5py.File(path, "r") as h5:
-            encoder = str(h5["features"].attrs.get("encoder", "unknown"))
-            encoders.setdefault(encoder, []).append(slide_id)
-            if n == 0:
-                empty.append(slide_id)
-            elif not np.isfinite(h5["features"][:]).all():
-                non_finite.append(slide_id)
+        encoders.setdefault(encoder or "no encoder attribute", []).append(slide_id)
     problems = []
     if len(widths) > 1:
         problems.append(
@@ -118,6 +125,26 @@ def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str]:
             + "; ".join(f"{name}: {format_items(ids)}" for name, ids in sorted(encoders.items()))
             + " (use the files of one encoder)"
         )
+    problems += read_problems
+    if problems:
+        raise CohortError("; ".join(problems))
+    return next(iter(found.values()))
+
+
+def _inspect(files: Mapping[str, Path]) -> tuple[dict[str, tuple[int, str | None]], list[str]]:
+    """Each slide's (width, encoder attribute), and the problems of empty or non-finite bags."""
+    found: dict[str, tuple[int, str | None]] = {}
+    empty, non_finite = [], []
+    for slide_id, path in files.items():
+        n, width = feature_shape(path)
+        with h5py.File(path, "r") as h5:
+            encoder = h5["features"].attrs.get("encoder")
+            found[slide_id] = (width, None if encoder is None else str(encoder))
+            if n == 0:
+                empty.append(slide_id)
+            elif not np.isfinite(h5["features"][:]).all():
+                non_finite.append(slide_id)
+    problems = []
     if empty:
         problems.append(
             f"slides without patches: {format_items(empty)} (no tissue was found: drop them "
@@ -127,9 +154,7 @@ def check_feature_files(files: Mapping[str, Path]) -> tuple[int, str]:
         problems.append(
             f"features with NaN or Inf: {format_items(non_finite)} (extract these slides again)"
         )
-    if problems:
-        raise CohortError("; ".join(problems))
-    return next(iter(widths)), next(iter(encoders))
+    return found, problems
 
 
 def cohort_bytes(files: Mapping[str, Path]) -> int:

@@ -1,8 +1,11 @@
-"""The summary table of all model runs: metrics over folds and bootstrap CIs of pooled folds.
+"""The summary table of all model runs: pooled out-of-fold metrics with bootstrap CIs.
 
-One row per run (a model setting on an encoder's features): for every metric of its task the
-mean and standard deviation over the folds' case-level metrics, and a percentile bootstrap
-confidence interval on the pooled out-of-fold case-level predictions.
+One row per run (a model setting on an encoder's features). The headline of every metric of
+its task is computed once on the pooled out-of-fold case-level predictions, with a percentile
+bootstrap confidence interval of the same cases; the mean and standard deviation over the
+folds' own metrics stand beside it. With a few cases per fold a fold's AUC is 1.0 or 0.0 by
+chance, so its mean says little: a demo fold of 3 cases scored "1.000 ± 0.000" for a model
+whose pooled AUC was 0.643.
 """
 
 from __future__ import annotations
@@ -29,15 +32,19 @@ from querent.engine.metrics import (
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
-BASE_COLUMNS = ("model", "encoder", "task", "n_cases", "n_folds")
-STATISTICS = ("mean", "std", "ci_low", "ci_high")
+BASE_COLUMNS = ("model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases")
+STATISTICS = ("pooled", "ci_low", "ci_high", "mean", "std")
+#: Fewer held-out cases than this in a fold make its metrics too coarse to average (a
+#: warning; the pooled metric is the headline either way).
+MIN_FOLD_CASES = 10
 
 
 def summary_columns(tasks: Sequence[str]) -> list[str]:
     """The summary's columns for runs of ``tasks``: the base columns, then per metric its stats.
 
     Metrics come in ``METRICS`` order (tasks in that order too, whatever the order of
-    ``tasks``), each as ``{metric}_mean, {metric}_std, {metric}_ci_low, {metric}_ci_high``.
+    ``tasks``), each as ``{metric}_pooled, {metric}_ci_low, {metric}_ci_high, {metric}_mean,
+    {metric}_std``.
     """
     metrics = [metric for task in METRICS if task in tasks for metric in METRICS[task]]
     return [*BASE_COLUMNS, *(f"{metric}_{stat}" for metric in metrics for stat in STATISTICS)]
@@ -103,12 +110,14 @@ def summarize_run(
         seed: Seed of the bootstrap.
 
     Returns:
-        ``{"model", "encoder", "task", "n_cases", "n_folds", "{metric}_mean", "{metric}_std",
-        "{metric}_ci_low", "{metric}_ci_high", ...}``. Mean and std (ddof 1; NaN with one
-        fold) are over the folds' case-level metrics, leaving out folds where a metric is
-        undefined; the 95% CI (at ``alpha=0.05``) is a bootstrap of the pooled case-level
-        predictions (a case in several folds is averaged over them). ``n_cases`` counts the
-        distinct cases of the pooled predictions.
+        ``{"model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases",
+        "{metric}_pooled", "{metric}_ci_low", "{metric}_ci_high", "{metric}_mean",
+        "{metric}_std", ...}``. ``pooled`` is the metric of the pooled case-level predictions
+        (a case in several folds is averaged over them), its 95% CI (at ``alpha=0.05``) a
+        bootstrap of the same cases; mean and std (ddof 1; NaN with one fold) are over the
+        folds' case-level metrics, leaving out folds where a metric is undefined.
+        ``n_cases`` counts the distinct pooled cases, ``min_fold_cases`` those of the smallest
+        fold (a warning when it is below :data:`MIN_FOLD_CASES`).
 
     Raises:
         ValueError: No folds, or folds of different tasks or classes.
@@ -123,24 +132,41 @@ def summarize_run(
         classes = {tuple(class_names(fold)) for fold in fold_predictions}
         if len(classes) > 1:
             raise ValueError(f"the folds of {model} / {encoder} differ in classes: {classes}")
-    per_fold = [compute_metrics(case_level(fold)) for fold in fold_predictions]
+    fold_cases = [case_level(fold) for fold in fold_predictions]
+    per_fold = [compute_metrics(cases) for cases in fold_cases]
     pooled = case_level(pd.concat(fold_predictions, ignore_index=True))
+    pooled_metrics = compute_metrics(pooled)
     intervals = bootstrap_ci(pooled, n_boot=n_boot, seed=seed)
+    smallest = min(len(cases) for cases in fold_cases)
+    if smallest < MIN_FOLD_CASES:
+        logger.warning(
+            "%s / %s: a fold holds only %d held-out cases, too few for a stable fold metric; "
+            "read the pooled out-of-fold metric and its CI, not the mean over folds",
+            model, encoder, smallest,
+        )  # fmt: skip
     row: dict = {
         "model": model,
         "encoder": encoder,
         "task": task,
         "n_cases": len(pooled),
         "n_folds": len(fold_predictions),
+        "min_fold_cases": smallest,
     }
     for metric in METRICS[task]:
+        if math.isnan(pooled_metrics[metric]):
+            logger.warning(
+                "%s of %s / %s is undefined on the pooled out-of-fold cases (a class without "
+                "cases, or no events?)",
+                metric, model, encoder,
+            )  # fmt: skip
         mean, std = _fold_statistics([fold[metric] for fold in per_fold], metric, model)
         low, high = intervals[metric]
         row |= {
-            f"{metric}_mean": mean,
-            f"{metric}_std": std,
+            f"{metric}_pooled": pooled_metrics[metric],
             f"{metric}_ci_low": low,
             f"{metric}_ci_high": high,
+            f"{metric}_mean": mean,
+            f"{metric}_std": std,
         }
     return row
 
@@ -182,20 +208,39 @@ def read_summary(path: str | Path) -> pd.DataFrame:
 
 
 def format_summary(table: pd.DataFrame) -> str:
-    """A table to print: per run and metric ``mean ± std [ci_low, ci_high]``, 3 decimals.
+    """A table to print: per run and metric ``pooled [ci_low, ci_high]``, 3 decimals.
 
-    A run's cells for metrics of another task are empty.
+    The main metric of each task (the first of ``METRICS``) also gets its ``mean ± std`` over
+    folds; a run's cells for metrics of another task are empty. A first line says what the
+    numbers are; a last one warns when a fold held fewer than :data:`MIN_FOLD_CASES` cases.
     """
-    metrics = [m for task in METRICS for m in METRICS[task] if f"{m}_mean" in table.columns]
+    tasks = [task for task in METRICS if f"{METRICS[task][0]}_pooled" in table.columns]
     shown = table[["model", "encoder", "task", "n_cases"]].copy()
-    for metric in metrics:
-        shown[metric] = [
-            ""
-            if metric not in METRICS[row["task"]]
-            else (
-                f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f} "
+    for task in tasks:
+        for position, metric in enumerate(METRICS[task]):
+            shown[metric] = [
+                f"{row[f'{metric}_pooled']:.3f} "
                 f"[{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
-            )
-            for _, row in table.iterrows()
-        ]
-    return "\n".join(line.rstrip() for line in shown.to_string(index=False).splitlines())
+                if row["task"] == task
+                else ""
+                for _, row in table.iterrows()
+            ]
+            if position == 0:
+                shown[f"{metric} folds"] = [
+                    f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}"
+                    if row["task"] == task
+                    else ""
+                    for _, row in table.iterrows()
+                ]
+    lines = [
+        "Pooled out-of-fold case-level metrics [bootstrap 95% CI]; the main one's mean ± sd "
+        "over folds beside it:",
+        *(line.rstrip() for line in shown.to_string(index=False).splitlines()),
+    ]
+    small = table[table["min_fold_cases"] < MIN_FOLD_CASES]
+    if len(small):
+        lines.append(
+            f"Warning: folds of {int(small['min_fold_cases'].min())} held-out cases (fewer "
+            f"than {MIN_FOLD_CASES}): their fold metrics are coarse; trust the pooled value."
+        )
+    return "\n".join(lines)

@@ -4,9 +4,11 @@ Both load with ``torch.load(path, weights_only=True)``: state dicts, tensors and
 (str, int, float, bool, None, lists, tuples, dicts), no pickled code.
 
 ``model.pt``: ``state_dict`` (the selected epoch's weights), ``run`` (arch and model settings,
-training settings), ``task`` (fitted task state: class order or time-bin edges), ``encoder``,
-``in_dim``, ``fold``, ``epoch``, ``metric``, ``querent_version``, ``git_revision``,
-``provenance`` (:func:`querent.engine.provenance.provenance`).
+training settings), ``task`` (fitted task state: class order or time-bin edges), ``encoder``
+(the configured one), ``features_encoder`` (the feature files' ``encoder`` attribute, else the
+configured encoder; "unknown" in older checkpoints), ``in_dim`` (feature width), ``fold``,
+``epoch``, ``metric``, ``querent_version``, ``git_revision``, ``provenance``
+(:func:`querent.engine.provenance.provenance`).
 
 ``resume.pt`` (beside it, deleted when training ends): the last completed epoch's model,
 optimizer, scheduler and RNG states, the best epoch so far, the history and the patience count.
@@ -17,6 +19,7 @@ optimizer, scheduler and RNG states, the best epoch so far, the history and the 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -82,9 +85,14 @@ def _tuples(value: object) -> object:
 class CheckpointSaver:
     """The files of one training run, after each epoch and at its end (timm's ``CheckpointSaver``).
 
-    Holds the best score so far (higher is better; a tie keeps the earlier epoch), its weights,
-    the epochs since then and the history. After every epoch it writes ``history.csv`` and
-    ``resume.pt``, atomically; :meth:`save_model` writes ``model.pt`` and deletes ``resume.pt``.
+    Holds the best score so far (higher is better; a tie keeps the earlier epoch) and its
+    weights, the history, and the patience count ``stale``: epochs since the main metric last
+    beat its best by more than ``min_delta``. A score is ``(metric, -loss)``; the loss only
+    breaks ties of the weights kept, it never resets the patience, so a run whose validation
+    AUC is 1.0 from its first epoch (2 validation cases) stops instead of running on while its
+    loss keeps falling. Where the metric is undefined (``-inf``: a one-class validation set)
+    the loss takes its place. After every epoch it writes ``history.csv`` and ``resume.pt``,
+    atomically; :meth:`save_model` writes ``model.pt`` and deletes ``resume.pt``.
 
     Args:
         model: The model trained.
@@ -93,6 +101,7 @@ class CheckpointSaver:
         out_dir: Folder of ``history.csv``, ``resume.pt`` and ``model.pt``.
         signature: What makes a run the same run (settings, slides, fold, encoder): a
             ``resume.pt`` of another signature is not continued.
+        min_delta: The gain of the metric that counts as better for the patience.
     """
 
     def __init__(
@@ -102,13 +111,15 @@ class CheckpointSaver:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         out_dir: Path,
         signature: dict,
+        min_delta: float = 0.0,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.out_dir, self.signature = out_dir, signature
+        self.out_dir, self.signature, self.min_delta = out_dir, signature, min_delta
         self.resume_path = out_dir / "resume.pt"
         self.history: list[dict] = []
         self.best: tuple[float, float] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.reference: tuple[float, float] | None = None  # the score that last reset `stale`
         self.stale = 0
 
     def resume(self) -> int:
@@ -127,6 +138,7 @@ class CheckpointSaver:
         set_rng_state(state["rng"])
         self.history, self.stale = state["history"], state["stale"]
         self.best = tuple(state["best"]) if state["best"] is not None else None
+        self.reference = tuple(state["reference"]) if state["reference"] is not None else None
         self.best_state = state["best_state"]
         logger.info("%s: resuming after epoch %d", self.out_dir, state["epoch"])
         return state["epoch"] + 1
@@ -134,7 +146,9 @@ class CheckpointSaver:
     def save_checkpoint(self, epoch: int, score: tuple[float, float], row: dict) -> None:
         """Record a finished epoch, its ``score`` and history ``row``; save the resume state."""
         if self.best is None or score > self.best:
-            self.best, self.best_state, self.stale = score, _cpu_state(self.model), 0
+            self.best, self.best_state = score, _cpu_state(self.model)
+        if self._improves(score):
+            self.reference, self.stale = score, 0
         else:
             self.stale += 1
         self.history.append(row)
@@ -150,10 +164,20 @@ class CheckpointSaver:
                 "history": self.history,
                 "best": list(self.best),
                 "best_state": self.best_state,
+                "reference": list(self.reference) if self.reference is not None else None,
                 "stale": self.stale,
             },
             self.resume_path,
         )
+
+    def _improves(self, score: tuple[float, float]) -> bool:
+        """Whether ``score`` beats the reference by more than ``min_delta`` (metric, else loss)."""
+        if self.reference is None:
+            return True
+        metric, reference = score[0], self.reference[0]
+        if metric == reference == -math.inf:
+            metric, reference = score[1], self.reference[1]
+        return metric > reference + self.min_delta
 
     def save_model(self, record: dict) -> Path:
         """Write ``model.pt``: the best epoch's weights and ``record``; end the run's resume.

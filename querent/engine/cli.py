@@ -20,15 +20,22 @@ SPLITS = Path("results/splits/splits.csv")
 
 
 def _config(path: Path) -> dict:
-    """The config file, with the schema's defaults filled in (as Snakemake does)."""
+    """The config file, with the schema's defaults filled in (as planning does).
+
+    Raises:
+        SettingsError: Every place where it breaks the schema, one line each, by key.
+    """
     import yaml
-    from snakemake.utils import validate
+
+    from querent.schemas.validation import check_config
 
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise SettingsError(f"{path}: not a readable YAML config ({err})") from err
-    validate(config, str(CONFIG_SCHEMA))
+    problems, _ = check_config(config, yaml.safe_load(CONFIG_SCHEMA.read_text()))
+    if problems:
+        raise SettingsError(f"{path}:\n" + "\n".join(f"  {line}" for line in problems))
     return config
 
 
@@ -114,7 +121,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    """Apply a run's fold models (mean of their predictions) to feature files of new slides."""
+    """Apply a run's fold models (mean of their predictions) to feature files of new slides.
+
+    Every file must have the models' feature width; a file whose encoder attribute names
+    another encoder than the models' is refused unless --allow-encoder-mismatch is given.
+    """
     from querent.engine.evaluate import predict_slides
 
     models = []
@@ -126,7 +137,14 @@ def run_predict(args: argparse.Namespace) -> None:
     if not features:
         raise SettingsError(f"no feature files (*.h5) in {[str(p) for p in args.features]}")
     files = {path.stem: path for path in features}
-    predict_slides(models, files, args.out_dir, device=args.device, workers=args.workers)
+    predict_slides(
+        models,
+        files,
+        args.out_dir,
+        device=args.device,
+        workers=args.workers,
+        allow_encoder_mismatch=args.allow_encoder_mismatch,
+    )
     print(f"{args.out_dir}/predictions.csv\t{len(files)} slides, {len(models)} models")
 
 
@@ -209,5 +227,11 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
         "--features", type=Path, nargs="+", required=True, help="feature files or folders"
     )
     predict.add_argument("-o", "--out-dir", type=Path, required=True, help="output folder")
+    predict.add_argument(
+        "--allow-encoder-mismatch",
+        action="store_true",
+        help="accept feature files whose encoder attribute names another encoder than the "
+        "models' (when both names stand for the same features); the width must still match",
+    )
     _add_device_arguments(predict)
     predict.set_defaults(func=run_predict)

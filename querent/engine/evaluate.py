@@ -17,8 +17,8 @@ import torch
 from extractors.devices import pick_device
 from extractors.errors import CohortError, FileFormatError
 from extractors.io import write_attention
-from querent.data.bags import BagDataset, EpochOrder, bag_loader, check_feature_files
-from querent.data.cohort import Cohort
+from querent.data.bags import BagDataset, EpochOrder, bag_loader, inspect_feature_files
+from querent.data.cohort import Cohort, format_items
 from querent.engine import checkpoint
 from querent.engine.metrics import fold_metrics
 from querent.engine.outputs import write_metrics, write_predictions
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 #: Defaults that changed since checkpoints recorded only the settings a config gave
 #: (Querent then was neither local nor distance-biased by default).
 LEGACY_DEFAULTS = {"querent": {"local": False, "distance_bias": False}}
+
+#: The features' encoder that checkpoints of earlier versions record for files without one.
+UNKNOWN_ENCODER = "unknown"
 
 
 def load_model(path: str | Path) -> tuple[MILModel, Task, dict]:
@@ -90,7 +93,8 @@ def evaluate_fold(
     """
     out_dir = Path(out_dir)
     model, task, ckpt = load_model(model_path)
-    check_compatible(ckpt, *check_feature_files({s: files[s] for s in slide_ids}), model_path)
+    used = {s: files[s] for s in slide_ids}
+    check_compatible(ckpt, used, inspect_feature_files(used), model_path)
     logits, per_slide = apply_model(
         model, files, slide_ids, device=pick_device(device), workers=workers
     )
@@ -105,27 +109,56 @@ def evaluate_fold(
     return metrics
 
 
-def check_compatible(ckpt: dict, width: int, encoder: str, model_path: str | Path) -> None:
-    """Refuse feature files of another encoder or width than the model was trained on.
+def check_compatible(
+    ckpt: dict,
+    files: Mapping[str, Path],
+    found: Mapping[str, tuple[int, str | None]],
+    model_path: str | Path,
+    *,
+    allow_encoder_mismatch: bool = False,
+) -> None:
+    """Refuse feature files of another width, or of another encoder, than the model's.
 
-    ``width`` and ``encoder`` are those of the files (:func:`check_feature_files`).
+    ``found`` holds each slide's width and ``encoder`` attribute
+    (:func:`~querent.data.bags.inspect_feature_files` of ``files``). Every width is checked;
+    the encoder only where both the model and the file name one (older checkpoints may record
+    "unknown"), and a mismatch is let through, with a warning, under ``allow_encoder_mismatch``.
 
     Raises:
-        CohortError: The message names the model, both encoders or widths, and the fix (mixed
-            files name their slides).
+        CohortError: The message names the files, the model, both widths or encoders, and the
+            fix.
     """
-    if width != ckpt["in_dim"]:
-        raise CohortError(
-            f"{model_path} was trained on {ckpt['in_dim']}-wide features of encoder "
-            f"{ckpt['encoder']!r}, but these feature files are {width} wide; extract the slides "
-            f"with {ckpt['encoder']!r}."
+    trained = ckpt["features_encoder"]
+    known = trained != UNKNOWN_ENCODER
+    wrong_width: dict[int, list[str]] = {}
+    wrong_encoder: dict[str, list[str]] = {}
+    for slide_id, (width, encoder) in found.items():
+        if width != ckpt["in_dim"]:
+            wrong_width.setdefault(width, []).append(str(files[slide_id]))
+        elif known and encoder not in (None, trained):
+            wrong_encoder.setdefault(encoder, []).append(str(files[slide_id]))
+    if wrong_width:
+        of_encoder = f" of encoder {trained!r}" if known else ""
+        fix = f"encoder {trained!r}" if known else "the model's encoder"
+        widths = "; ".join(
+            f"{width} wide: {format_items(paths)}" for width, paths in sorted(wrong_width.items())
         )
-    if encoder != ckpt["features_encoder"]:
         raise CohortError(
-            f"{model_path} was trained on features of encoder {ckpt['features_encoder']!r}, but "
-            f"these slides were extracted with {encoder!r}; extract them with "
-            f"{ckpt['features_encoder']!r}."
+            f"{model_path} was trained on {ckpt['in_dim']}-wide features{of_encoder}, but these "
+            f"feature files are not: {widths}. Fix: extract these slides with {fix} (a width "
+            "mismatch cannot be overridden)."
         )
+    for encoder, paths in sorted(wrong_encoder.items()):
+        message = (
+            f"{format_items(paths)}: features of encoder {encoder!r}, but {model_path} was "
+            f"trained on features of encoder {trained!r}"
+        )
+        if not allow_encoder_mismatch:
+            raise CohortError(
+                f"{message}. Fix: extract these slides with {trained!r}, or, if both names stand "
+                "for the same features, allow it (querent predict --allow-encoder-mismatch)."
+            )
+        logger.warning("%s; going on, as the encoder mismatch is allowed", message)
 
 
 def predict_slides(
@@ -137,26 +170,28 @@ def predict_slides(
     case_ids: Mapping[str, str] | None = None,
     device: str | None = None,
     workers: int = 0,
+    allow_encoder_mismatch: bool = False,
 ) -> None:
     """Apply a run's fold models to new slides: the mean of their predictions and attention.
 
     Writes ``out_dir``/predictions.csv (with the truth and metrics.json when ``cohort`` is
-    given) and attention.h5.
+    given) and attention.h5. ``allow_encoder_mismatch`` accepts files whose ``encoder``
+    attribute differs from the models' (:func:`check_compatible`).
 
     Raises:
         FileFormatError: No model given, or models of different runs or tasks.
-        CohortError: Features of another encoder or width than the models'.
+        CohortError: Features of another width than the models', or of another encoder.
     """
     if not model_paths:
         raise FileFormatError("no model.pt given; train the run first (rule train_model)")
     slide_ids = sorted(files)
     out_dir = Path(out_dir)
     dev = pick_device(device)
-    width, encoder = check_feature_files(files)
+    found = inspect_feature_files(files)
     outputs, tasks, per_model = [], [], []
     for path in model_paths:
         model, task, ckpt = load_model(path)
-        check_compatible(ckpt, width, encoder, path)
+        check_compatible(ckpt, files, found, path, allow_encoder_mismatch=allow_encoder_mismatch)
         logits, per_slide = apply_model(model, files, slide_ids, device=dev, workers=workers)
         outputs.append(task.prediction_columns(logits))
         tasks.append(task.state())

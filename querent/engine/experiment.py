@@ -90,7 +90,11 @@ def features_folder(config: Mapping, encoder: str, extracted: str) -> Path:
 
 
 def match_features(
-    cohort: Cohort, folder: Path, on_missing: str, available: set[str] | None = None
+    cohort: Cohort,
+    folder: Path,
+    on_missing: str,
+    available: set[str] | None = None,
+    slides_from: str = "",
 ) -> tuple[Cohort, dict[str, Path]]:
     """Pair the cohort's slides with ``folder``/{slide_id}.h5.
 
@@ -100,6 +104,8 @@ def match_features(
         on_missing: ``error`` or ``skip`` (leave such slides out, listed in the log).
         available: Slide ids whose files will exist (the workflow's slides, before extraction);
             None: the files in ``folder`` now.
+        slides_from: Where the slides of ``available`` come from (``slides.dir /data``), to
+            name slide files rather than feature files in the messages.
 
     Raises:
         CohortError: With ``error``: sheet slides without a file, or files without a sheet row
@@ -111,20 +117,28 @@ def match_features(
     sheet = set(cohort.slide_ids)
     no_file, no_row = sorted(sheet - available), sorted(available - sheet)
     problems = []
-    if no_file:
+    if no_file and slides_from:
+        problems.append(
+            f"sheet slides with no slide file in {slides_from}: {format_items(no_file)}"
+        )
+    elif no_file:
         problems.append(f"sheet slides without features in {folder}: {format_items(no_file)}")
-    if no_row:
+    if no_row and slides_from:
+        problems.append(f"slides in {slides_from} without a sheet row: {format_items(no_row)}")
+    elif no_row:
         problems.append(f"feature files without a sheet row: {format_items(no_row)}")
     if problems and on_missing == "error":
         raise CohortError(
-            f"{cohort.source}: " + "; ".join(problems) + ". Fix the sheet or the feature "
-            "folder, or set cohort.on_missing: skip to leave them out."
+            f"{cohort.source}: " + "; ".join(problems) + ". Fix the sheet or the "
+            f"{'slides' if slides_from else 'feature folder'}, or set cohort.on_missing: skip "
+            "to leave them out."
         )
     for problem in problems:
         logger.warning("%s: skipped %s", cohort.source, problem)
     kept = sorted(sheet & available)
     if not kept:
-        raise CohortError(f"{cohort.source}: no slide of the sheet has features in {folder}")
+        where = f"a slide file in {slides_from}" if slides_from else f"features in {folder}"
+        raise CohortError(f"{cohort.source}: no slide of the sheet has {where}")
     subset = cohort.subset(kept) if no_file else cohort
     return subset, {slide_id: folder / f"{slide_id}.h5" for slide_id in kept}
 

@@ -11,6 +11,7 @@ architecture coexist in the cache.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import re
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,10 @@ class TrainSettings:
         default=10,
         metadata={"help": "stop after this many epochs without a better validation metric"},
     )
+    min_delta: float = field(
+        default=0.001,
+        metadata={"help": "a gain of the validation metric that counts as better (ties do not)"},
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clipping"})
     scheduler: str = field(default="cosine", metadata={"help": "cosine | constant"})
     class_weights: str = field(
@@ -86,6 +91,8 @@ class TrainSettings:
             problems.append(f"subset must be one of {SUBSETS}, got {self.subset!r}")
         if self.patience is not None and self.patience < 1:
             problems.append("patience must be >= 1 or null")
+        if self.min_delta < 0:
+            problems.append("min_delta must be >= 0")
         if self.scheduler not in ("cosine", "constant"):
             problems.append(f"scheduler must be cosine or constant, got {self.scheduler!r}")
         if self.survival_loss not in ("discrete", "cox"):
@@ -202,9 +209,11 @@ def model_run(
     valid = list(arguments[arch])
     unknown = sorted(set(spec) - set(valid))
     if unknown:
+        close = [m for key in unknown for m in difflib.get_close_matches(key, valid, n=1)]
         raise SettingsError(
-            f"{where}: {arch} takes no argument {', '.join(unknown)}; valid ones: "
-            f"{', '.join(valid)}"
+            f"{where}: {arch} takes no argument {', '.join(unknown)}"
+            + (f" (did you mean `{'`, `'.join(close)}`?)" if close else "")
+            + f"; valid ones: {', '.join(valid)}"
         )
     try:
         settings = settings_from({**training, **overrides})

@@ -36,10 +36,12 @@ from querent.data.bags import (
 from querent.data.cohort import Cohort
 from querent.engine import checkpoint
 from querent.engine.allocator import keep_freed_memory
+from querent.engine.fold_lock import fold_lock
 from querent.engine.metrics import case_level, compute_metrics
 from querent.engine.provenance import provenance
 from querent.engine.runs import ModelRun, TrainSettings
 from querent.engine.tasks import Task, predictions_table
+from querent.engine.threads import intra_op_threads
 from querent.models import MILModel, create_model
 from querent.models.registry import resolved_arguments
 
@@ -146,7 +148,7 @@ class _Fold:
     val_loader: DataLoader
     targets: dict[str, dict[str, torch.Tensor]]
     in_dim: int
-    features_encoder: str
+    file_encoder: str | None
 
 
 def _prepare(
@@ -165,7 +167,7 @@ def _prepare(
     if dev.type == "cpu":
         keep_freed_memory()
     used = {s: files[s] for s in [*train_ids, *val_ids]}
-    in_dim, features_encoder = check_feature_files(used)
+    in_dim, file_encoder = check_feature_files(used)
     task = settings.task(cohort)
     task.fit(cohort.subset(train_ids))
     torch.manual_seed(settings.seed)
@@ -203,7 +205,7 @@ def _prepare(
     targets = {s: {key: value[i] for key, value in batch.items()} for i, s in enumerate(train_ids)}
     return _Fold(
         dev, task, model, optimizer, scheduler, train_order, train_loader, val_loader, targets,
-        in_dim, features_encoder,
+        in_dim, file_encoder,
     )  # fmt: skip
 
 
@@ -220,12 +222,15 @@ def train_fold(
     device: str | None = None,
     workers: int = 1,
     in_memory: bool | None = None,
+    threads: int | None = None,
     config: Mapping | None = None,
 ) -> Path:
     """Train ``run`` on ``train_ids``, select its epoch on ``val_ids``, write ``model.pt``.
 
     Writes ``history.csv`` (one row per epoch) and keeps ``resume.pt`` until the run ends; a
-    ``resume.pt`` of the same run (same settings, slides and fold) is continued.
+    ``resume.pt`` of the same run (same settings, slides and fold) is continued. Once its
+    inputs are checked it holds ``train.lock`` in ``out_dir`` (:mod:`querent.engine.fold_lock`)
+    to the end.
 
     Args:
         run: The model run (architecture, model and training settings).
@@ -234,75 +239,104 @@ def train_fold(
         train_ids: Slides to train on.
         val_ids: Slides that select the epoch (by the task's main metric); empty: the last.
         out_dir: Folder of model.pt, history.csv and resume.pt.
-        encoder: Encoder name recorded in the checkpoint.
+        encoder: The configured encoder (``features.encoder``), recorded in the checkpoint;
+            also as the features' encoder where the files carry no ``encoder`` attribute
+            (TRIDENT's and CLAM's files).
         fold: Fold number recorded in the checkpoint.
         device: ``cuda``, ``cpu`` or None (CUDA when available).
         workers: Processes that read bags ahead of the model when streaming.
         in_memory: Hold every bag after its first read (no workers then); None: when the
             cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
+        threads: Cores the job was given: before every epoch torch gets the idle ones among
+            them (:func:`~querent.engine.threads.intra_op_threads`); None: torch's setting
+            stays.
         config: The settings the run was given (a workflow job's params), for the provenance.
 
     Returns:
         The path of ``model.pt``.
+
+    Raises:
+        FoldBusyError: Another process is training this fold (its pid and host named).
     """
     settings = run.training
     setup = _prepare(
         run, cohort, files, train_ids, val_ids, device=device, workers=workers, in_memory=in_memory
     )
     model, task, optimizer, dev = setup.model, setup.task, setup.optimizer, setup.device
-    signature = {
-        "run": run.to_dict(),
-        "train": list(train_ids),
-        "val": list(val_ids),
-        "fold": fold,
-        "encoder": encoder,
-    }
-    saver = checkpoint.CheckpointSaver(model, optimizer, setup.scheduler, Path(out_dir), signature)
-    for epoch in range(saver.resume(), settings.epochs):
-        if settings.patience is not None and saver.stale >= settings.patience:
-            break
-        started = time.perf_counter()
-        setup.train_order.set_epoch(epoch)
-        train_loss = train_one_epoch(
-            model, setup.train_loader, task, setup.targets, optimizer, settings=settings,
-            device=dev, epoch=epoch,
+    if setup.file_encoder not in (None, encoder):
+        logger.warning(
+            "the feature files say encoder %r, the settings %r; the model records the files'",
+            setup.file_encoder, encoder,
         )  # fmt: skip
-        lr = optimizer.param_groups[0]["lr"]
-        setup.scheduler.step()
-        val_loss, val_metric = validate(model, setup.val_loader, task, cohort, dev)
-        score = _score(val_metric, val_loss) if val_ids else (float(epoch), 0.0)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            f"val_{task.main_metric}": val_metric,
-            "lr": lr,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        saver.save_checkpoint(epoch, score, row)
-        logger.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f",
-            epoch, train_loss, val_loss, task.main_metric, val_metric,
-        )  # fmt: skip
-    history = saver.history
-    best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
-    record = provenance(config, cohort.source)
-    return saver.save_model(
-        {
+    with fold_lock(out_dir):
+        signature = {
             "run": run.to_dict(),
-            "model_arguments": resolved_arguments(run.arch, run.model),
-            "task": task.state(),
-            "encoder": encoder,
-            "features_encoder": setup.features_encoder,
-            "in_dim": setup.in_dim,
+            "train": list(train_ids),
+            "val": list(val_ids),
             "fold": fold,
-            "epoch": best_epoch,
-            "metric": history[best_epoch][f"val_{task.main_metric}"] if history else math.nan,
-            "querent_version": record["packages"]["querent"],
-            "git_revision": record["git_revision"],
-            "provenance": record,
+            "encoder": encoder,
         }
-    )
+        saver = checkpoint.CheckpointSaver(
+            model,
+            optimizer,
+            setup.scheduler,
+            Path(out_dir),
+            signature,
+            min_delta=settings.min_delta,
+        )
+        for epoch in range(saver.resume(), settings.epochs):
+            if settings.patience is not None and saver.stale >= settings.patience:
+                break
+            if threads is not None:
+                torch.set_num_threads(intra_op_threads(threads))
+            started = time.perf_counter()
+            setup.train_order.set_epoch(epoch)
+            train_loss = train_one_epoch(
+                model, setup.train_loader, task, setup.targets, optimizer, settings=settings,
+                device=dev, epoch=epoch,
+            )  # fmt: skip
+            lr = optimizer.param_groups[0]["lr"]
+            setup.scheduler.step()
+            val_loss, val_metric = validate(model, setup.val_loader, task, cohort, dev)
+            score = _score(val_metric, val_loss) if val_ids else (float(epoch), 0.0)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                f"val_{task.main_metric}": val_metric,
+                "lr": lr,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            if val_ids and math.isnan(val_metric) and not saver.history:
+                logger.warning(
+                    "fold %d: validation %s is undefined on its %d slides (one class, or no "
+                    "events?): epochs are chosen and stopped by the validation loss",
+                    fold, task.main_metric, len(val_ids),
+                )  # fmt: skip
+            saver.save_checkpoint(epoch, score, row)
+            logger.info(
+                "epoch %d: train loss %.4f, val loss %.4f, val %s %.4f",
+                epoch, train_loss, val_loss, task.main_metric, val_metric,
+            )  # fmt: skip
+        history = saver.history
+        best_epoch = _best_epoch(history, task.main_metric, bool(val_ids))
+        record = provenance(config, cohort.source)
+        return saver.save_model(
+            {
+                "run": run.to_dict(),
+                "model_arguments": resolved_arguments(run.arch, run.model),
+                "task": task.state(),
+                "encoder": encoder,
+                "features_encoder": setup.file_encoder or encoder,
+                "in_dim": setup.in_dim,
+                "fold": fold,
+                "epoch": best_epoch,
+                "metric": history[best_epoch][f"val_{task.main_metric}"] if history else math.nan,
+                "querent_version": record["packages"]["querent"],
+                "git_revision": record["git_revision"],
+                "provenance": record,
+            }
+        )
 
 
 def _best_epoch(history: list[dict], metric: str, selected: bool) -> int:

@@ -16,7 +16,47 @@ from torch import nn
 from querent.layers.linear import Linear
 from querent.layers.query_aware import SELECTIONS, query_aware_attention
 from querent.layers.regions import RegionLayout
-from querent.layers.scorers import make_scorer
+from querent.layers.scorers import make_scorer, scorer_problems
+
+
+def projection_problems(*, dim: int, heads: int, head_dim: int | None = None) -> list[str]:
+    """What :class:`MultiHeadProjections` refuses, one line per argument."""
+    if heads < 1:
+        return [f"heads: must be >= 1 (got {heads})"]
+    if (head_dim or dim // heads) < 1:
+        return [
+            f"heads: dim {dim} is too small for {heads} heads (head_dim {dim // heads}); use "
+            "fewer heads or a larger dim"
+        ]
+    return []
+
+
+def query_aware_problems(
+    *,
+    top_k: int | None,
+    local: bool,
+    selection: str,
+    chunk_size: int,
+    scorer: str,
+    summary: str,
+) -> list[str]:
+    """What :class:`QueryAwareSelfAttention` refuses besides its projections, one line each."""
+    problems = []
+    if top_k is not None and top_k < (0 if local else 1):
+        problems.append(
+            f"top_k: must be >= 1, null (all regions) or 0 with local (the local regions only) "
+            f"(got {top_k}{'' if local else ' without local'})"
+        )
+    if selection not in SELECTIONS:
+        problems.append(f"selection: unknown {selection!r}; choose one of: {', '.join(SELECTIONS)}")
+    if chunk_size < 1:
+        problems.append(f"chunk_size: must be >= 1 (got {chunk_size})")
+    return problems + scorer_problems(scorer, summary)
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class MultiHeadProjections(nn.Module):
@@ -30,9 +70,8 @@ class MultiHeadProjections(nn.Module):
 
     def __init__(self, *, dim: int, heads: int, head_dim: int | None) -> None:
         super().__init__()
+        _refuse(projection_problems(dim=dim, heads=heads, head_dim=head_dim))
         head_dim = head_dim or dim // heads
-        if heads < 1 or head_dim < 1:
-            raise ValueError(f"dim {dim} is too small for {heads} heads; set head_dim")
         self.heads, self.head_dim = heads, head_dim
         self.to_qkv = Linear(dim, 3 * heads * head_dim, bias=False)
         self.to_out = Linear(heads * head_dim, dim)
@@ -99,15 +138,16 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         distance_bias: bool = False,
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
-        if top_k is not None and top_k < (0 if local else 1):
-            raise ValueError(
-                f"top_k must be >= 1, None (all regions) or 0 with local=True (the local "
-                f"regions only), got {top_k}"
+        _refuse(
+            query_aware_problems(
+                top_k=top_k,
+                local=local,
+                selection=selection,
+                chunk_size=chunk_size,
+                scorer=scorer,
+                summary=summary,
             )
-        if selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        )
         self.top_k, self.selection, self.chunk_size = top_k, selection, chunk_size
         self.local, self.prune = local, prune
         self.scorer = make_scorer(

@@ -225,12 +225,21 @@ SCORERS: dict[str, type[RegionScorer]] = {
 }
 
 
+def scorer_problems(name: str, summary: str) -> list[str]:
+    """What :func:`make_scorer` refuses, one line per argument (``scorer``, ``summary``)."""
+    problems = []
+    if name not in SCORERS:
+        problems.append(f"scorer: unknown {name!r}; choose one of: {', '.join(SCORERS)}")
+    if summary not in SUMMARIES:
+        problems.append(f"summary: unknown {summary!r}; choose one of: {', '.join(SUMMARIES)}")
+    return problems
+
+
 def make_scorer(
     name: str, *, dim: int, heads: int, head_dim: int, summary: str = "minmax"
 ) -> RegionScorer:
     """Build a scorer by name (a key of :data:`SCORERS`) reading regions through ``summary``."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; choose one of: {', '.join(SCORERS)}")
-    if summary not in SUMMARIES:
-        raise ValueError(f"unknown region summary {summary!r}; choose one of: {SUMMARIES}")
+    problems = scorer_problems(name, summary)
+    if problems:
+        raise ValueError("; ".join(problems))
     return SCORERS[name](dim=dim, heads=heads, head_dim=head_dim, summary=summary)

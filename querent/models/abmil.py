@@ -9,7 +9,7 @@ from torch import nn
 
 from querent.layers.linear import Linear
 from querent.layers.pooling import GatedAttentionPool
-from querent.models.base import MILModel, MILOutput
+from querent.models.base import MILModel, MILOutput, below, dropout_problems, refuse
 from querent.models.registry import register_model
 
 
@@ -36,13 +36,15 @@ class ABMIL(MILModel):
         attention_dim: int = 128,
         dropout: float = 0.0,
     ) -> None:
-        if dim < 1 or attention_dim < 1:
-            raise ValueError(f"dim and attention_dim must be >= 1, got {dim} and {attention_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        refuse(self.check_arguments(dim=dim, attention_dim=attention_dim, dropout=dropout))
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         self.attention_pool = GatedAttentionPool(dim=dim, hidden=attention_dim, dropout=dropout)
+
+    @classmethod
+    def check_arguments(cls, *, dim: int, attention_dim: int, dropout: float) -> list[str]:
+        """``dim`` and ``attention_dim`` >= 1, ``dropout`` in [0, 1)."""
+        return below(1, dim=dim, attention_dim=attention_dim) + dropout_problems(dropout)
 
     def forward_bag(self, features, cells, grid):
         """Attention-weighted mean of the embedded patches; ``cells`` and ``grid`` are unused."""

@@ -11,12 +11,29 @@ never change a result; per-patch outputs are scattered back to all n rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from querent.data.grid import RegionGrid
 from querent.layers.linear import Linear
+
+
+def refuse(problems: list[str]) -> None:
+    """Raise ValueError listing ``problems`` (what a ``check_arguments`` found), if any."""
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def below(minimum: int, **values: int) -> list[str]:
+    """``name: must be >= minimum (got value)`` for each of ``values`` below ``minimum``."""
+    return [f"{name}: must be >= {minimum} (got {v})" for name, v in values.items() if v < minimum]
+
+
+def dropout_problems(dropout: float) -> list[str]:
+    """``dropout`` outside [0, 1), as one line."""
+    return [] if 0.0 <= dropout < 1.0 else [f"dropout: must be in [0, 1) (got {dropout})"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,16 @@ class MILModel(nn.Module):
             raise ValueError(f"in_dim and n_outputs must be >= 1, got {in_dim} and {n_outputs}")
         self.in_dim, self.n_outputs = in_dim, n_outputs
         self.head = Linear(embed_dim, n_outputs)
+
+    @classmethod
+    def check_arguments(cls, **arguments: Any) -> list[str]:
+        """What the constructor refuses in ``arguments``, one line each (``name: problem``).
+
+        Args:
+            arguments: Every constructor argument but ``in_dim`` and ``n_outputs`` (defaults
+                filled in). Nothing is built, so planning runs it on the config's model runs.
+        """
+        return []
 
     def forward_bag(
         self, features: torch.Tensor, cells: torch.Tensor, grid: RegionGrid | None

@@ -8,6 +8,8 @@ Axes: ``n`` patches, ``d`` features.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from querent.models.abmil import ABMIL
@@ -15,6 +17,15 @@ from querent.models.base import MILOutput
 from querent.models.registry import register_model
 from querent.models.transformer import Querent
 
+#: Querent's selection arguments that make it a fixed window (:class:`LocalWindow`).
+WINDOW = {
+    "top_k": 0,
+    "scorer": "quest",  # never asked: it has no parameters to leave unused
+    "summary": "minmax",
+    "selection": "region",
+    "local": True,
+    "distance_bias": False,
+}
 #: The 8 lattice neighbours of a cell, as (column, row) offsets.
 NEIGHBOURS = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dx, dy) != (0, 0))
 
@@ -103,13 +114,14 @@ class LocalWindow(Querent):
             heads=heads,
             depth=depth,
             region_size=region_size,
-            top_k=0,
-            scorer="quest",  # never asked: it has no parameters to leave unused
-            selection="region",
-            local=True,
-            distance_bias=False,
             mlp_ratio=mlp_ratio,
             positional=positional,
             dropout=dropout,
             chunk_size=chunk_size,
+            **WINDOW,
         )
+
+    @classmethod
+    def check_arguments(cls, **arguments: Any) -> list[str]:
+        """Querent's checks, with the window's selection arguments."""
+        return super().check_arguments(**{**arguments, **WINDOW})

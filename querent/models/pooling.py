@@ -9,7 +9,7 @@ from einops import reduce
 from torch import nn
 
 from querent.layers.linear import Linear
-from querent.models.base import MILModel, MILOutput
+from querent.models.base import MILModel, MILOutput, below, dropout_problems, refuse
 from querent.models.registry import register_model
 
 
@@ -28,12 +28,14 @@ class _EmbedAndReduce(MILModel):
     def __init__(
         self, *, in_dim: int, n_outputs: int, dim: int = 256, dropout: float = 0.0
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        refuse(self.check_arguments(dim=dim, dropout=dropout))
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
+
+    @classmethod
+    def check_arguments(cls, *, dim: int, dropout: float) -> list[str]:
+        """``dim`` >= 1, ``dropout`` in [0, 1)."""
+        return below(1, dim=dim) + dropout_problems(dropout)
 
 
 @register_model("mean_pool")

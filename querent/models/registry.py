@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 
 from querent.models.base import MILModel
 
@@ -55,3 +56,31 @@ def resolved_arguments(name: str, given: dict) -> dict:
     bound = inspect.signature(model_class(name)).bind_partial(**given)
     bound.apply_defaults()
     return {k: v for k, v in bound.arguments.items() if k not in ("in_dim", "n_outputs")}
+
+
+def _type_problem(name: str, value: object, hint: object) -> str | None:
+    """``value`` of argument ``name`` against its annotation (an int passes for a float)."""
+    allowed = typing.get_args(hint) or (hint,)
+    if not all(isinstance(kind, type) for kind in allowed):
+        return None  # an annotation this check does not read (generics, Any)
+    fits = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+    if fits and (bool in allowed or not isinstance(value, bool)):  # True is no int to a config
+        return None
+    names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+    return f"{name}: must be {names} (got {value!r} of type {type(value).__name__})"
+
+
+def argument_problems(name: str, given: Mapping[str, object]) -> list[str]:
+    """What model ``name`` refuses in ``given`` (known arguments), one line each; builds nothing.
+
+    Values of the wrong type first (by the constructor's annotations), then the model's own
+    :meth:`~querent.models.base.MILModel.check_arguments`, the checks its constructor runs.
+    """
+    cls = model_class(name)
+    hints = typing.get_type_hints(cls.__init__)
+    wrong = [
+        problem
+        for key, value in given.items()
+        if (problem := _type_problem(key, value, hints.get(key, object)))
+    ]
+    return wrong or cls.check_arguments(**resolved_arguments(name, dict(given)))

@@ -12,13 +12,18 @@ import torch
 from torch import nn
 
 from querent.data.grid import RegionGrid, build_grid
-from querent.layers.attention import DenseSelfAttention, QueryAwareSelfAttention
+from querent.layers.attention import (
+    DenseSelfAttention,
+    QueryAwareSelfAttention,
+    projection_problems,
+    query_aware_problems,
+)
 from querent.layers.block import PreNormBlock
 from querent.layers.linear import Linear
 from querent.layers.pooling import GatedAttentionPool
 from querent.layers.positional import POSITIONALS, SlidePositions, sincos_2d
 from querent.layers.regions import RegionLayout
-from querent.models.base import MILModel, MILOutput
+from querent.models.base import MILModel, MILOutput, below, dropout_problems, refuse
 from querent.models.registry import register_model
 
 
@@ -38,12 +43,6 @@ class TransformerMIL(MILModel):
         dropout: float,
     ) -> None:
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
-        if depth < 1 or mlp_ratio <= 0:
-            raise ValueError(f"depth and mlp_ratio must be positive, got {depth} and {mlp_ratio}")
-        if positional not in POSITIONALS:
-            raise ValueError(f"positional must be one of {POSITIONALS}, got {positional!r}")
-        if positional != "none" and dim % 4:
-            raise ValueError(f"positional encoding needs dim divisible by 4, got dim={dim}")
         self.positional = positional
         self.positions = SlidePositions(dim=dim) if positional == "relative" else None
         self.embed = nn.Sequential(Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout))
@@ -53,6 +52,22 @@ class TransformerMIL(MILModel):
         )
         self.norm = nn.LayerNorm(dim)
         self.pool_patches = GatedAttentionPool(dim=dim, dropout=dropout)
+
+    @staticmethod
+    def body_problems(
+        *, dim: int, heads: int, depth: int, mlp_ratio: float, positional: str, dropout: float
+    ) -> list[str]:
+        """What the shared body refuses (the subclasses' ``check_arguments`` start with it)."""
+        problems = below(1, depth=depth) + projection_problems(dim=dim, heads=heads)
+        if mlp_ratio <= 0:
+            problems.append(f"mlp_ratio: must be > 0 (got {mlp_ratio})")
+        if positional not in POSITIONALS:
+            problems.append(
+                f"positional: unknown {positional!r}; choose one of: {', '.join(POSITIONALS)}"
+            )
+        elif positional != "none" and dim % 4:
+            problems.append(f"dim: positional encoding needs dim divisible by 4 (got {dim})")
+        return problems + dropout_problems(dropout)
 
     def layout(self, cells: torch.Tensor, grid: RegionGrid | None) -> RegionLayout | None:
         """Region layout the blocks need (None for dense attention)."""
@@ -124,8 +139,14 @@ class Querent(TransformerMIL):
         dropout: float = 0.0,
         chunk_size: int = 1024,
     ) -> None:
-        if region_size < 1:
-            raise ValueError(f"region_size must be >= 1, got {region_size}")
+        refuse(
+            self.check_arguments(
+                dim=dim, heads=heads, depth=depth, region_size=region_size, top_k=top_k,
+                scorer=scorer, selection=selection, summary=summary, local=local,
+                distance_bias=distance_bias, mlp_ratio=mlp_ratio, positional=positional,
+                dropout=dropout, chunk_size=chunk_size,
+            )
+        )  # fmt: skip
         attention = [
             QueryAwareSelfAttention(
                 dim=dim,
@@ -151,6 +172,43 @@ class Querent(TransformerMIL):
             dropout=dropout,
         )
         self.region_size = region_size  # the data loader builds grids with it
+
+    @classmethod
+    def check_arguments(
+        cls,
+        *,
+        dim: int,
+        heads: int,
+        depth: int,
+        region_size: int,
+        top_k: int | None,
+        scorer: str,
+        selection: str,
+        summary: str,
+        local: bool,
+        distance_bias: bool,
+        mlp_ratio: float,
+        positional: str,
+        dropout: float,
+        chunk_size: int,
+    ) -> list[str]:
+        """The body's checks, ``region_size`` >= 1 and the query-aware attention's."""
+        body = cls.body_problems(
+            dim=dim, heads=heads, depth=depth, mlp_ratio=mlp_ratio, positional=positional,
+            dropout=dropout,
+        )  # fmt: skip
+        return (
+            body
+            + below(1, region_size=region_size)
+            + query_aware_problems(
+                top_k=top_k,
+                local=local,
+                selection=selection,
+                chunk_size=chunk_size,
+                scorer=scorer,
+                summary=summary,
+            )
+        )
 
     def layout(self, cells: torch.Tensor, grid: RegionGrid | None) -> RegionLayout:
         """The bag's regions of ``region_size`` cells a side, from its grid or built here."""
@@ -186,6 +244,12 @@ class FullAttention(TransformerMIL):
         positional: str = "none",
         dropout: float = 0.0,
     ) -> None:
+        refuse(
+            self.check_arguments(
+                dim=dim, heads=heads, depth=depth, mlp_ratio=mlp_ratio, positional=positional,
+                dropout=dropout,
+            )
+        )  # fmt: skip
         super().__init__(
             in_dim=in_dim,
             n_outputs=n_outputs,
@@ -198,3 +262,20 @@ class FullAttention(TransformerMIL):
             positional=positional,
             dropout=dropout,
         )
+
+    @classmethod
+    def check_arguments(
+        cls,
+        *,
+        dim: int,
+        heads: int,
+        depth: int,
+        mlp_ratio: float,
+        positional: str,
+        dropout: float,
+    ) -> list[str]:
+        """The body's checks."""
+        return cls.body_problems(
+            dim=dim, heads=heads, depth=depth, mlp_ratio=mlp_ratio, positional=positional,
+            dropout=dropout,
+        )  # fmt: skip

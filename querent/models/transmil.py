@@ -29,7 +29,7 @@ from nystrom_attention import NystromAttention
 from torch import nn
 
 from querent.layers.linear import Linear
-from querent.models.base import MILModel, MILOutput
+from querent.models.base import MILModel, MILOutput, below, dropout_problems, refuse
 from querent.models.registry import register_model
 
 
@@ -168,10 +168,7 @@ class TransMIL(MILModel):
     def __init__(
         self, *, in_dim: int, n_outputs: int, dim: int = 512, heads: int = 8, dropout: float = 0.0
     ) -> None:
-        if dim < 2 or heads < 1 or dim % heads:
-            raise ValueError(f"dim must be >= 2 and divisible by heads, got {dim} and {heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        refuse(self.check_arguments(dim=dim, heads=heads, dropout=dropout))
         super().__init__(in_dim=in_dim, n_outputs=n_outputs, embed_dim=dim)
         self.embed = nn.Sequential(Linear(in_dim, dim), nn.ReLU())
         self.class_token = nn.Parameter(torch.randn(1, 1, dim))
@@ -179,6 +176,14 @@ class TransMIL(MILModel):
         self.ppeg = PPEG(dim=dim)
         self.layer2 = TransLayer(dim=dim, heads=heads, dropout=dropout)
         self.norm = nn.LayerNorm(dim)
+
+    @classmethod
+    def check_arguments(cls, *, dim: int, heads: int, dropout: float) -> list[str]:
+        """``dim`` >= 2 and a multiple of ``heads`` >= 1, ``dropout`` in [0, 1)."""
+        problems = below(1, heads=heads) + dropout_problems(dropout)
+        if dim < 2 or (heads >= 1 and dim % heads):
+            problems.append(f"dim: must be >= 2 and divisible by heads {heads} (got {dim})")
+        return problems
 
     def forward_bag(self, features, cells, grid):
         """Class token after both layers, and its attention over the patches."""

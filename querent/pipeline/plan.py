@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-import yaml
 from jsonschema import Draft202012Validator
 
 from extractors.demo import DEMO_MPP, demo_cohort
@@ -35,7 +34,7 @@ from querent.engine.experiment import (
     features_folder,
     match_features,
 )
-from querent.engine.runs import model_runs
+from querent.engine.runs import model_run
 
 T = TypeVar("T")
 
@@ -66,23 +65,6 @@ class Findings:
             f"{source}: {len(self.problems)} problems; nothing was run. Fix them all, then run "
             f"the same command again:\n{lines}"
         )
-
-
-def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
-    """Every place where ``config`` breaks ``schema``, one line each (``key.path: message``)."""
-    return sorted(
-        f"{'.'.join(map(str, error.absolute_path)) or 'config'}: {error.message}"
-        for error in Draft202012Validator(schema).iter_errors(config)
-    )
-
-
-def schema_message(config: Mapping, schema: Path) -> str:
-    """One message listing every setting of ``config`` that the schema file rejects."""
-    lines = schema_problems(config, yaml.safe_load(schema.read_text()))
-    return (
-        f"config.yaml: {len(lines)} setting(s) the schema ({schema.name}) rejects; nothing was "
-        "run. Fix them, then run the same command again:\n" + "\n".join(f"  {x}" for x in lines)
-    )
 
 
 def table_problems(table: pd.DataFrame, schema: Mapping, source: str) -> list[str]:
@@ -311,6 +293,30 @@ def check_settings(config: Mapping, encoders: list[str], inputs: Inputs, finding
 # --- the cohort, its splits and the model runs ------------------------------------------------
 
 
+#: Said at the start and the end of a run without a cohort sheet (the demo has its own).
+NO_COHORT_SHEET = (
+    "cohort.sheet is not set, so this run stops after the features: no model trains. To "
+    "train, set cohort.sheet: path/to/cohort.csv (columns slide_id, case_id and label, or time "
+    "and event for survival)."
+)
+
+
+def check_feature_dir(config: Mapping, inputs: Inputs, findings: Findings) -> bool:
+    """Whether ``features.dir`` may hold the feature files; a CLAM root is a problem.
+
+    CLAM writes ``h5_files/`` (features and coordinates) and ``pt_files/`` (features only) into
+    the folder it is given; the files to read are those of ``h5_files/``.
+    """
+    folder = Path(config["features"]["dir"])
+    if not inputs.own_features or any(folder.glob("*.h5")) or not (folder / "h5_files").is_dir():
+        return True
+    findings.problems.append(
+        f"features.dir {folder} holds no .h5 file but CLAM's h5_files/ folder: its feature "
+        f"files, with their coordinates, are in there. Fix: features.dir: {folder / 'h5_files'}"
+    )
+    return False
+
+
 @dataclass(frozen=True)
 class CohortInputs:
     """Where the cohort's files are, as the rules write them.
@@ -338,8 +344,10 @@ def check_cohort(
 ) -> list[str]:
     """Slide ids that train, sorted; every cohort and split problem goes to ``findings``.
 
-    Without a cohort sheet (and not the demo) the workflow stops at features: no slide trains.
+    Without a cohort sheet (and not the demo) no slide trains: the workflow stops at features,
+    and a note says so.
     """
+    features_found = check_feature_dir(config, inputs, findings)
     settings = findings.check(cohort_settings, config, where.demo_sheet)
     splits = findings.check(SplitSettings, **config["splits"])
     if settings is None or splits is None:
@@ -347,6 +355,7 @@ def check_cohort(
     cohort: Cohort | None
     if str(settings.sheet) == where.demo_sheet and not inputs.own_features:
         if not inputs.demo:
+            findings.notes.append(NO_COHORT_SHEET)
             return []
         # the demo sheet is written by a job; check the same table in memory
         cohort = findings.check(
@@ -360,9 +369,17 @@ def check_cohort(
         findings.problems.extend(
             table_problems(cohort.table[["slide_id", "case_id"]], where.schema, settings.sheet)
         )
-        available = None if inputs.own_features else set(slides)
+        if not features_found:
+            return []
         folder = features_folder(config, encoders[0], where.features)
-        matched = findings.check(match_features, cohort, folder, settings.on_missing, available)
+        if inputs.own_features:
+            matched = findings.check(match_features, cohort, folder, settings.on_missing)
+        else:
+            source = "dir" if config["slides"]["dir"] else "sheet"
+            matched = findings.check(
+                match_features, cohort, folder, settings.on_missing, set(slides),
+                slides_from=f"slides.{source} {config['slides'][source]}",
+            )  # fmt: skip
         cohort, files = matched if matched else (None, {})
     if cohort is None:
         return []
@@ -420,10 +437,19 @@ def check_registries(
                 f"{spec['native_mpp']} with patch_size about {spec['input_px']}, or set "
                 "features.allow_mpp_mismatch."
             )
-    runs = findings.check(model_runs, config["models"], config["training"], registries["models"])
+    runs = [
+        run
+        for name, spec in config["models"].items()
+        if (run := findings.check(model_run, name, spec, config["training"], registries["models"]))
+    ]
+    for run in runs:  # what each model's own checks refuse (registries.run_problems)
+        findings.problems.extend(
+            f"models.{run.name}.{problem}"
+            for problem in registries["run_problems"].get(run.name, [])
+        )
     cox = registries["min_batch"].get("cox", 1)
-    if runs and config["cohort"]["task"] == "survival":
-        for run in runs.values():
+    if config["cohort"]["task"] == "survival":
+        for run in runs:
             if run.training.survival_loss == "cox" and run.training.batch_size < cox:
                 findings.problems.append(
                     f"models.{run.name}: training.batch_size {run.training.batch_size} is too "

@@ -1,11 +1,12 @@
 """What planning needs of the encoder and model registries, without importing torch.
 
 Planning must not import torch (seconds, and a job on a cluster node parses the Snakefile
-too). ``python -m querent.pipeline.registries`` imports the registries and prints, as JSON,
-each encoder's resolution, the model runs' arguments and the tasks' minimum batch sizes. The
-planner starts it at once (:func:`start`), goes on with the slides, and reads its answer when
-it needs it (:func:`finish`); the answer is kept in a cache file until the registries' source
-files change.
+too). ``python -m querent.pipeline.registries MODELS`` imports the registries and prints, as
+JSON, each encoder's resolution, the model runs' arguments, what the models' own checks refuse
+in the config's runs (``MODELS``, its ``models`` section as JSON) and the tasks' minimum batch
+sizes. The planner starts it at once (:func:`start`), goes on with the slides, and reads its
+answer when it needs it (:func:`finish`); the answer is kept in a cache file until the
+registries' source files or the ``models`` section change.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -28,8 +30,27 @@ class RegistryError(QuerentError):
     """The registries could not be read (a broken torch or timm install)."""
 
 
-def read_registries() -> dict:
-    """The registries as plain data (imports torch and timm)."""
+def run_problems(models: Mapping) -> dict[str, list[str]]:
+    """Run name -> what its model's own checks refuse in the config's ``models`` section.
+
+    Runs whose ``arch`` or argument names are unknown are left to
+    :func:`querent.engine.runs.model_run`, which names them.
+    """
+    from querent.engine.runs import model_arguments
+    from querent.models.registry import argument_problems
+
+    known = model_arguments()
+    problems = {}
+    for name, spec in models.items():
+        given = {key: value for key, value in spec.items() if key not in ("arch", "training")}
+        arch = spec.get("arch")
+        if arch in known and set(given) <= set(known[arch]):
+            problems[name] = argument_problems(arch, given)
+    return problems
+
+
+def read_registries(models: Mapping) -> dict:
+    """The registries as plain data, with :func:`run_problems` (imports torch and timm)."""
     from extractors.encoders import get_encoder_spec, list_encoders
     from extractors.extract import MPP_MISMATCH_TOLERANCE
     from querent.engine.runs import model_arguments
@@ -46,13 +67,14 @@ def read_registries() -> dict:
         "encoders": encoders,
         "mpp_tolerance": MPP_MISMATCH_TOLERANCE,
         "models": model_arguments(),
+        "run_problems": run_problems(models),
         "min_batch": {name: task.min_batch for name, task in TASKS.items()},
     }
 
 
-def source_key() -> str:
-    """Changes whenever the registries may: their source files, this module, this Python."""
-    digest = hashlib.sha1(f"{sys.executable}\n".encode())
+def source_key(models: str) -> str:
+    """Changes whenever the answer may: sources, this module, this Python, ``models`` (JSON)."""
+    digest = hashlib.sha1(f"{sys.executable}\n{models}\n".encode())
     for path in [Path(__file__)] + [
         source
         for package, folders in SOURCES
@@ -64,14 +86,19 @@ def source_key() -> str:
     return digest.hexdigest()
 
 
-def start(cache: Path) -> tuple[str, dict | subprocess.Popen]:
+def start(cache: Path, models: Mapping) -> tuple[str, dict | subprocess.Popen]:
     """The registries from ``cache``, or a subprocess started now that reads them.
+
+    Args:
+        cache: The cache file.
+        models: The config's ``models`` section (its runs are checked).
 
     Returns:
         The source key and either the cached registries or the running subprocess, to pass to
         :func:`finish`.
     """
-    key = source_key()
+    runs = json.dumps(models, sort_keys=True)
+    key = source_key(runs)
     try:
         cached = json.loads(cache.read_text())
         if cached["key"] == key:
@@ -79,7 +106,7 @@ def start(cache: Path) -> tuple[str, dict | subprocess.Popen]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     reader = subprocess.Popen(
-        [sys.executable, "-m", __name__],
+        [sys.executable, "-m", __name__, runs],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -109,4 +136,4 @@ def finish(started: tuple[str, dict | subprocess.Popen], cache: Path) -> dict:
 
 
 if __name__ == "__main__":
-    json.dump(read_registries(), sys.stdout)
+    json.dump(read_registries(json.loads(sys.argv[1])), sys.stdout)

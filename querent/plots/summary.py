@@ -14,40 +14,45 @@ CHANCE: dict[str, float] = {"auc": 0.5, "c_index": 0.5, "balanced_accuracy": 0.5
 
 @styled
 def summary_figure(summary: pd.DataFrame, metric: str) -> Figure:
-    """Horizontal bars of a metric's mean per model run, with its confidence interval.
+    """Horizontal bars of a metric's pooled out-of-fold value per model run, with its CI.
 
     Args:
-        summary: The ``summary.tsv`` table: ``model``, ``encoder`` and ``{metric}_mean``,
-            ``{metric}_ci_low``, ``{metric}_ci_high`` columns, one row per model run. Rows
-            without a mean for ``metric`` (runs of another task) are left out.
+        summary: The ``summary.tsv`` table: ``model``, ``encoder`` and ``{metric}_pooled``,
+            ``{metric}_ci_low``, ``{metric}_ci_high``, ``{metric}_mean`` columns, one row per
+            model run. Rows without a pooled value for ``metric`` (runs of another task) are
+            left out.
         metric: The metric to draw, such as ``auc`` or ``c_index``.
 
     Returns:
-        The figure: one bar per run labelled ``model (encoder)``, best at the top; the error
-        bar spans ``[ci_low, ci_high]`` as given (a bootstrap interval need not be centred on
-        the mean over folds); a dashed line at chance for metrics in :data:`CHANCE` (0.5 is
-        binary chance for balanced accuracy).
+        The figure: one bar per run labelled ``model (encoder)``, best at the top, at the
+        metric of the pooled out-of-fold cases; the error bar spans its bootstrap
+        ``[ci_low, ci_high]``; a diamond marks the mean over folds (coarse with few cases per
+        fold); a dashed line at chance for metrics in :data:`CHANCE` (0.5 is binary chance
+        for balanced accuracy).
 
     Raises:
-        ValueError: Missing columns, or no row with a mean for ``metric``.
+        ValueError: Missing columns, or no row with a pooled value for ``metric``.
     """
-    mean_column, low_column, high_column = (f"{metric}_{s}" for s in ("mean", "ci_low", "ci_high"))
-    columns = ["model", "encoder", mean_column, low_column, high_column]
+    pooled_column, low_column, high_column, mean_column = (
+        f"{metric}_{s}" for s in ("pooled", "ci_low", "ci_high", "mean")
+    )
+    columns = ["model", "encoder", pooled_column, low_column, high_column, mean_column]
     missing = [column for column in columns if column not in summary.columns]
     if missing:
         raise ValueError(f"the summary lacks the columns {missing} for metric {metric!r}")
-    table = summary[summary[mean_column].notna()].sort_values(mean_column, kind="stable")
+    table = summary[summary[pooled_column].notna()].sort_values(pooled_column, kind="stable")
     if table.empty:
-        raise ValueError(f"the summary has no row with a value of {mean_column}")
-    mean = table[mean_column].to_numpy(dtype=float)
+        raise ValueError(f"the summary has no row with a value of {pooled_column}")
+    pooled = table[pooled_column].to_numpy(dtype=float)
     low = table[low_column].to_numpy(dtype=float)
     high = table[high_column].to_numpy(dtype=float)
+    fold_mean = table[mean_column].to_numpy(dtype=float)
     labels = [f"{m} ({e})" for m, e in zip(table["model"], table["encoder"], strict=True)]
 
     figure = new_figure(7.0, 1.6 + 0.35 * len(table))
     ax = figure.add_subplot()
     rows = np.arange(len(table))
-    ax.barh(rows, mean, height=0.6, color=OKABE_ITO[0], alpha=0.85, label="mean over folds")
+    ax.barh(rows, pooled, height=0.6, color=OKABE_ITO[0], alpha=0.85, label="pooled out-of-fold")
     has_ci = np.isfinite(low) & np.isfinite(high)
     if has_ci.any():
         ax.errorbar(
@@ -58,17 +63,23 @@ def summary_figure(summary: pd.DataFrame, metric: str) -> Figure:
             ecolor="black",
             elinewidth=1.0,
             capsize=3,
-            label="95% CI",
+            label="95% CI (bootstrap)",
         )
-    for row, value in zip(rows, mean, strict=True):
+    has_mean = np.isfinite(fold_mean)
+    if has_mean.any():
+        ax.scatter(
+            fold_mean[has_mean], rows[has_mean], marker="D", s=18, zorder=3,
+            color=OKABE_ITO[1], label="mean over folds",
+        )  # fmt: skip
+    for row, value in zip(rows, pooled, strict=True):
         ax.text(0.01, row, f"{value:.3f}", va="center", fontsize=7, color="white")
     if metric in CHANCE:
         ax.axvline(CHANCE[metric], color="grey", linestyle="--", linewidth=1.0, label="chance")
     ax.set_yticks(rows, labels)
     ax.grid(False, axis="y")
-    ax.set_xlim(0.0, max(1.0, float(np.nanmax(np.append(high, mean)))) * 1.02)
+    ax.set_xlim(0.0, max(1.0, float(np.nanmax(np.concatenate([high, pooled, fold_mean])))) * 1.02)
     ax.set_xlabel(metric)
     ax.set_ylabel("model (encoder)")
-    ax.set_title(f"{metric} per model run")
+    ax.set_title(f"{metric} per model run (pooled out-of-fold cases)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure

@@ -1,7 +1,8 @@
 """The JSON schemas of ``config.yaml`` and the cohort sheet, shipped with the package.
 
-Snakemake validates the config against :data:`CONFIG_SCHEMA` before planning; the CLI does the
-same, so an installed (non-editable) ``querent`` checks the same rules as the workflow.
+Planning checks the config against :data:`CONFIG_SCHEMA` with
+:func:`querent.schemas.validation.check_config`; the CLI does the same, so an installed
+(non-editable) ``querent`` checks the same rules as the workflow.
 """
 
 from importlib.resources import files

@@ -162,6 +162,24 @@ def test_cross_field_problems_are_reported_together(project):
     assert not (project / "results").exists()
 
 
+def test_schema_typo_and_model_value_problems_are_reported_together(project):
+    config = {
+        "models": {"querent": {"region_size": 0}},
+        "training": {"epoch": 3},
+        "tiling": {"patch_size": "big"},
+    }
+    code, output = snakemake(project, "-n", config=config)
+    assert code != 0
+    assert "3 problems" in output, output
+    for line in (
+        "tiling.patch_size: 'big' is not of type 'integer'",
+        "training.epoch: unknown setting; did you mean `epochs`?",
+        "models.querent.region_size: must be >= 1 (got 0)",
+    ):
+        assert f"  {line}\n" in output, line
+    assert not (project / "results").exists()
+
+
 # Every other problem is unit-tested in tests/querent/pipeline/test_plan.py; these few check
 # that planning's problems reach the person through Snakemake.
 @pytest.mark.parametrize(

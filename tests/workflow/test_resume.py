@@ -94,6 +94,13 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
     assert "resuming after epoch" in "".join(
         p.read_text() for p in project.glob("logs/models/*/*/fold_*.log")
     )
+    # Snakemake deleted the job logs of the killed run; each fold's train.log keeps its lines
+    resumed = [
+        text.split("resuming after epoch")[0]
+        for text in (p.read_text() for p in project.glob("results/models/*/*/*/train.log"))
+        if "resuming after epoch" in text
+    ]
+    assert resumed and all("epoch 0:" in before for before in resumed)
 
     # 3. the same outputs as the uninterrupted run
     for slide in (f"demo_00{i}" for i in range(4)):

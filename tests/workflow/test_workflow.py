@@ -250,8 +250,10 @@ def test_bad_slides_fail_alone_with_their_fix_in_the_log(tmp_path, cmu_slide, tc
     assert not (project / "results/coords/no_mpp.h5").exists()
     assert "slides.mpp_default" in (project / "logs/tissue/no_mpp.log").read_text()
     assert "not a readable TIFF" in (project / "logs/tissue/broken.log").read_text()
-    assert "slides.mpp_default" in output  # failed logs are shown
+    assert "slides.mpp_default" in output  # each failed job's one line, and the QC summary
+    assert "Traceback" not in output  # user errors: one line each, the traceback in the log
     assert "train_model" not in output  # no cohort sheet: the workflow stops at features
+    assert "cohort.sheet is not set, so this run stops after the features" in output
 
 
 @pytest.mark.parametrize(

@@ -3,30 +3,33 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from extractors.io import SLIDE_ID_PATTERN
 from extractors.wsi.resources import slide_stage_mem_mb
 from querent.engine.experiment import features_folder
 from querent.engine.runs import RUN_NAME_PATTERN
 from querent.pipeline import housekeeping, registries
+from querent.pipeline.feature_files import feature_file_problems
 from querent.pipeline.plan import (
+    NO_COHORT_SHEET,
     CohortInputs,
     Findings,
     check_registries,
     plan_workflow,
-    schema_message,
 )
+from querent.schemas.validation import check_config
 from querent.schemas import COHORT_SCHEMA, CONFIG_SCHEMA
 
 # Planning runs while Snakemake builds the DAG, before any job; its logic is the package
 # querent.pipeline (unit-tested there). Nothing here imports torch: what planning needs of the
 # encoder and model registries is read by a subprocess and kept in .snakemake/querent/.
 
-try:
-    validate(config, str(CONFIG_SCHEMA))
-except WorkflowError:  # every schema error at once, not only the first
-    raise WorkflowError(schema_message(config, CONFIG_SCHEMA)) from None
+# Every problem at once: the schema's (its defaults stand in for the rejected values, so the
+# checks after it read the rest) and the plan's, in one message.
+FINDINGS = Findings()
+FINDINGS.problems, PLANNABLE = check_config(config, yaml.safe_load(CONFIG_SCHEMA.read_text()))
+if not PLANNABLE:
+    raise WorkflowError(FINDINGS.message())
 
 #: This process plans the run (jobs that parse this file again on a cluster node skip the
 #: checks the planner did: registries, locks, GPUs).
@@ -46,7 +49,7 @@ def note(message):
 
 
 if PLANNER:
-    REGISTRIES = registries.start(STATE / "registries.json")
+    REGISTRIES = registries.start(STATE / "registries.json", config["models"])
     note(housekeeping.settle_lock(Path(".snakemake/locks"), STATE / "lock_owner.json"))
     if workflow.global_resources.get("_nodes").value is None:  # cluster runs: the scheduler's
         gpus, message = housekeeping.gpu_job_limit(workflow.global_resources.get("gpu").value)
@@ -54,7 +57,6 @@ if PLANNER:
             workflow.register_resource("gpu", gpus)
         note(message)
 
-FINDINGS = Findings()
 PLAN = plan_workflow(
     config,
     demo_slides=DEMO_SLIDE,
@@ -68,12 +70,18 @@ if PLANNER:
     except registries.RegistryError as err:
         raise WorkflowError(str(err)) from None
     check_registries(config, PLAN.inputs, PLAN.encoders, found, FINDINGS)
+    FINDINGS.problems += feature_file_problems(
+        PLAN, config, EXTRACTED, STATE / "feature_files.json"
+    )
 for message in FINDINGS.notes:
     note(message)
 if FINDINGS.problems:
     raise WorkflowError(FINDINGS.message())
 
 DEMO, OWN_FEATURES = PLAN.inputs.demo, PLAN.inputs.own_features
+#: Cores of a training or evaluation job. The demo's bags (150-200 patches) train fastest on
+#: one thread each, so two folds run side by side on 2 cores (querent/engine/threads.py).
+MIL_THREADS = 1 if DEMO else 2
 ENCODERS = PLAN.encoders
 FOLDS = list(range(config["splits"]["folds"]))
 #: Every slide of the input, by id; SLIDES: those this run processes; LEFT_OUT: the others.

@@ -27,7 +27,7 @@ rule train_model:
         "logs/models/{model}/{encoder}/fold_{fold}.log",
     benchmark:
         "logs/models/{model}/{encoder}/fold_{fold}.benchmark.tsv"
-    threads: 2
+    threads: MIL_THREADS
     resources:
         mem_mb=8000,
         runtime=240,
@@ -55,7 +55,7 @@ rule evaluate_model:
         "logs/eval/{model}/{encoder}/fold_{fold}.log",
     benchmark:
         "logs/eval/{model}/{encoder}/fold_{fold}.benchmark.tsv"
-    threads: 2
+    threads: MIL_THREADS
     resources:
         mem_mb=8000,
         runtime=60,

@@ -1,8 +1,9 @@
 # Per-slide QC table. The same package call runs from the Snakefile's onsuccess and onerror
 # handlers, so a run with failed slides (whose jobs keep this rule from running) still ends
-# with the table and a short summary.
+# with a table (QC_LAST_RUN, which no rule makes) and a short summary.
 
 QC_TABLE = "results/qc/summary.tsv"
+QC_LAST_RUN = "results/qc/last_run.tsv"
 #: Arguments of extractors.qc.qc_table: every slide of the input; where the slide stages write
 #: (path patterns with {slide} and {encoder}, from their rules); the slides that train (None: nothing trains,
 #: the run stops at features); the slides this run leaves out, with the reason.

@@ -7,9 +7,10 @@ import torch
 from extractors.logs import log_to_file
 from querent.engine.evaluate import evaluate_fold
 from querent.engine.experiment import job_experiment
+from querent.engine.threads import intra_op_threads
 
 log_to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+torch.set_num_threads(intra_op_threads(snakemake.threads))
 experiment = job_experiment(
     snakemake.params.cohort,
     snakemake.params.splits,

@@ -2,15 +2,13 @@
 
 from pathlib import Path
 
-import torch
-
 from extractors.logs import log_to_file
 from querent.engine.experiment import job_experiment
 from querent.engine.runs import model_runs
 from querent.engine.train import train_fold
 
-log_to_file(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+# Snakemake deletes the job's log before every run; the fold's train.log keeps every attempt
+log_to_file(snakemake.log[0], Path(snakemake.output.model).parent / "train.log")
 params, wildcards = snakemake.params, snakemake.wildcards
 experiment = job_experiment(
     params.cohort,
@@ -19,10 +17,11 @@ experiment = job_experiment(
     encoder=wildcards.encoder,
     runs=model_runs({wildcards.model: params.run}, params.training),
 )
+run = experiment.runs[wildcards.model]
 fold = int(wildcards.fold)
 train_ids, val_ids, _ = experiment.fold(snakemake.input.splits, fold)
 train_fold(
-    experiment.runs[wildcards.model],
+    run,
     experiment.cohort,
     experiment.files,
     train_ids,
@@ -30,6 +29,7 @@ train_fold(
     Path(snakemake.output.model).parent,
     encoder=wildcards.encoder,
     fold=fold,
+    threads=snakemake.threads,
     # what this job was given, for the checkpoint's provenance
     config={
         "cohort": params.cohort,

@@ -142,7 +142,10 @@ def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path):
     loaded = create_encoder(name, checkpoint=path)
     path.unlink()  # up to 4.5 GB; free the disk before the next encoder
     assert loaded.weights_source.startswith("local:")
-    assert torch.equal(_embed(loaded, images), expected)
+    # The same weights in a new model instance: equal up to float rounding (CONCH v1.5 has
+    # differed by 8e-7, its kernels' summation order following memory placement); a key
+    # mapped wrongly moves the embedding by orders of magnitude more.
+    torch.testing.assert_close(_embed(loaded, images), expected, rtol=1e-5, atol=1e-5)
     del loaded
     gc.collect()
 

@@ -18,6 +18,7 @@ def test_missing_mpp_names_the_slide_and_the_fix(tcga_slide):
     message = str(err.value)
     assert "tcga-cr-7395-01a-01-ts1" in message
     assert "'mpp' column" in message and "slides.mpp_default" in message
+    assert "slides.per_slide: {tcga-cr-7395-01a-01-ts1: {mpp: 0.25}}" in message
 
 
 def test_missing_mpp_resolved_by_override_or_default(tcga_slide, caplog):

@@ -73,10 +73,11 @@ def runs(tmp_path):
 def test_aggregate_columns_and_counts(runs):
     run_list, _ = runs
     table = aggregate(run_list, n_boot=N_BOOT)
-    assert list(table.columns[:5]) == ["model", "encoder", "task", "n_cases", "n_folds"]
+    base = ["model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases"]
+    assert list(table.columns[:6]) == base
     metrics = [*METRICS["classification"], *METRICS["survival"]]
-    stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci_low", "ci_high")]
-    assert list(table.columns[5:]) == stats
+    stats = [f"{m}_{s}" for m in metrics for s in ("pooled", "ci_low", "ci_high", "mean", "std")]
+    assert list(table.columns[6:]) == stats
     assert table["model"].tolist() == ["abmil", "coxmil"]
     assert table["task"].tolist() == ["classification", "survival"]
     assert table["n_cases"].tolist() == [30, 36]
@@ -96,15 +97,17 @@ def test_aggregate_of_one_task_has_only_its_columns(runs):
         "task",
         "n_cases",
         "n_folds",
-        "c_index_mean",
-        "c_index_std",
+        "min_fold_cases",
+        "c_index_pooled",
         "c_index_ci_low",
         "c_index_ci_high",
+        "c_index_mean",
+        "c_index_std",
     ]
 
 
 @pytest.mark.parametrize("model", ["abmil", "coxmil"])
-def test_mean_std_are_numpy_over_folds_and_ci_is_pooled(runs, model):
+def test_headline_is_pooled_with_its_ci_and_folds_beside_it(runs, model):
     run_list, folds = runs
     row = aggregate(run_list, n_boot=N_BOOT).set_index("model").loc[model]
     dirs = {name: fold_dirs for name, _, fold_dirs in run_list}[model]
@@ -115,6 +118,7 @@ def test_mean_std_are_numpy_over_folds_and_ci_is_pooled(runs, model):
     ci = bootstrap_ci(pooled, n_boot=N_BOOT)
     for metric in METRICS[task]:
         values = np.array([fold[metric] for fold in per_fold])
+        assert row[f"{metric}_pooled"] == pytest.approx(compute_metrics(pooled)[metric])
         assert row[f"{metric}_mean"] == pytest.approx(np.mean(values))
         assert row[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1))
         assert (row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]) == pytest.approx(ci[metric])
@@ -127,7 +131,7 @@ def test_mean_std_are_numpy_over_folds_and_ci_is_pooled(runs, model):
 def test_summarize_run_single_fold_has_nan_std():
     fold = classification_fold(0, np.random.default_rng(1))
     row = summarize_run("abmil", "uni", [fold], n_boot=N_BOOT)
-    assert row["n_folds"] == 1 and row["n_cases"] == 10
+    assert row["n_folds"] == 1 and row["n_cases"] == 10 and row["min_fold_cases"] == 10
     assert row["auc_mean"] == pytest.approx(compute_metrics(case_level(fold))["auc"])
     assert math.isnan(row["auc_std"])
 
@@ -177,13 +181,43 @@ def test_format_summary(runs):
     table = aggregate(run_list, n_boot=N_BOOT)
     text = format_summary(table)
     lines = text.splitlines()
-    assert len(lines) == 3
-    assert lines[0].split()[:4] == ["model", "encoder", "task", "n_cases"]
-    assert "c_index" in lines[0] and "auc" in lines[0]
+    assert len(lines) == 4  # what the numbers are, the header, two runs; no small-fold warning
+    assert lines[0].startswith("Pooled out-of-fold")
+    assert lines[1].split()[:4] == ["model", "encoder", "task", "n_cases"]
+    assert "c_index" in lines[1] and "auc" in lines[1]
     row = table.iloc[1]
-    expected = (
-        f"{row['c_index_mean']:.3f} ± {row['c_index_std']:.3f} "
-        f"[{row['c_index_ci_low']:.3f}, {row['c_index_ci_high']:.3f}]"
+    pooled = (
+        f"{row['c_index_pooled']:.3f} [{row['c_index_ci_low']:.3f}, {row['c_index_ci_high']:.3f}]"
     )
-    assert expected in lines[2]
-    assert "coxmil" in lines[2] and "±" in lines[1]
+    folds = f"{row['c_index_mean']:.3f} ± {row['c_index_std']:.3f}"
+    assert pooled in lines[3] and folds in lines[3]
+    assert "coxmil" in lines[3] and "±" in lines[2]
+    assert "auc folds" in lines[1] and "c_index folds" in lines[1]
+    assert "accuracy folds" not in lines[1]  # only the main metric shows its folds
+
+
+def test_tiny_folds_headline_the_pooled_metric_and_warn(caplog):
+    """The demo's fault: 3 cases a fold score 1.0 each while the pooled cases do not."""
+    folds = []
+    for fold, (benign, tumour) in enumerate([(0.2, 0.6), (0.3, 0.8), (0.7, 0.95)]):
+        # each fold ranks its own cases perfectly; pooled, fold 2's benign outranks fold 0's tumour
+        folds.append(
+            pd.DataFrame(
+                {
+                    "slide_id": [f"s{fold}a", f"s{fold}b", f"s{fold}c"],
+                    "case_id": [f"c{fold}a", f"c{fold}b", f"c{fold}c"],
+                    "truth": ["benign", "tumour", "tumour"],
+                    "prob_benign": [1 - benign, 1 - tumour, 1 - tumour],
+                    "prob_tumour": [benign, tumour, tumour],
+                }
+            )
+        )
+    with caplog.at_level("WARNING"):
+        row = summarize_run("querent", "demo", folds, n_boot=N_BOOT)
+    assert row["auc_mean"] == 1.0 and row["auc_std"] == 0.0
+    assert row["auc_pooled"] < 1.0
+    assert row["min_fold_cases"] == 3
+    assert "only 3 held-out cases" in caplog.text
+    text = format_summary(pd.DataFrame([row]))
+    assert f"{row['auc_pooled']:.3f} [" in text
+    assert text.splitlines()[-1].startswith("Warning: folds of 3 held-out cases")

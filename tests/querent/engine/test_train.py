@@ -242,24 +242,89 @@ def test_a_diverging_loss_names_the_epoch_and_slide(synthetic_cohort, tmp_path):
     assert not (tmp_path / "m" / "model.pt").exists()
 
 
-def test_deployment_refuses_features_of_another_encoder_or_width(synthetic_cohort, tmp_path):
-    sheet, folder = synthetic_cohort
-    model = train_synthetic(synthetic_cohort, tmp_path / "m", epochs=1)
+def _one_slide_copy(folder, out, change):
+    """A copy of the synthetic cohort's first feature file, changed by ``change(h5)``."""
     slide = sorted(p.stem for p in folder.glob("*.h5"))[0]
+    out.mkdir()
+    (out / f"{slide}.h5").write_bytes((folder / f"{slide}.h5").read_bytes())
+    with h5py.File(out / f"{slide}.h5", "r+") as h5:
+        change(h5)
+    return {slide: out / f"{slide}.h5"}
 
-    def relabelled(h5):
-        h5["features"].attrs["encoder"] = "uni_v2"
 
-    def wider(h5):
-        del h5["features"]
-        h5.create_dataset("features", data=np.zeros((5, 17), np.float32)).attrs["encoder"] = "x"
+def _relabelled(h5):
+    h5["features"].attrs["encoder"] = "uni_v2"
 
-    for change, message in ((relabelled, "extracted with 'uni_v2'"), (wider, "17 wide")):
-        copy = tmp_path / change.__name__
-        copy.mkdir()
-        (copy / f"{slide}.h5").write_bytes((folder / f"{slide}.h5").read_bytes())
-        with h5py.File(copy / f"{slide}.h5", "r+") as h5:
-            change(h5)
-        with pytest.raises(CohortError, match=message):
-            predict_slides([model], {slide: copy / f"{slide}.h5"}, tmp_path / "out")
+
+def _unlabelled(h5):
+    del h5["features"].attrs["encoder"]
+
+
+def _wider(h5):
+    del h5["features"]
+    h5.create_dataset("features", data=np.zeros((5, 17), np.float32)).attrs["encoder"] = "x"
+
+
+def test_a_model_of_imported_features_predicts_on_the_projects_own(synthetic_cohort, tmp_path):
+    # TRIDENT's and CLAM's feature files carry no encoder attribute: the configured one counts
+    cohort, files, train, val, evaluate = synthetic_fold(synthetic_cohort)
+    imported = _copy_features(synthetic_cohort[1], tmp_path / "imported")
+    for path in imported.glob("*.h5"):
+        with h5py.File(path, "r+") as h5:
+            _unlabelled(h5)
+    run = model_run("abmil", TRAIN_RUNS["abmil"], {"epochs": 1})
+    imported_files = {s: imported / f"{s}.h5" for s in files}
+    model = train_fold(
+        run, cohort, imported_files, train, val, tmp_path / "m", encoder="synthetic", fold=0
+    )
+    ckpt = checkpoint.load(model)
+    assert ckpt["features_encoder"] == "synthetic" and ckpt["in_dim"] == 16
+    predict_slides([model], {s: files[s] for s in evaluate}, tmp_path / "deploy")
+    assert len(pd.read_csv(tmp_path / "deploy" / "predictions.csv")) == len(evaluate)
+
+
+def test_deployment_refuses_another_encoder_unless_allowed(synthetic_cohort, tmp_path):
+    from querent.cli import main
+
+    model = train_synthetic(synthetic_cohort, tmp_path / "m", epochs=1)
+    files = _one_slide_copy(synthetic_cohort[1], tmp_path / "uni", _relabelled)
+    with pytest.raises(CohortError) as err:
+        predict_slides([model], files, tmp_path / "out")
+    message = " ".join(str(err.value).split())
+    for part in (*map(str, files.values()), "'uni_v2'", "'synthetic'", str(model),
+                 "extract these slides with 'synthetic'", "--allow-encoder-mismatch"):  # fmt: skip
+        assert part in message
     assert not (tmp_path / "out").exists()
+    out = tmp_path / "allowed"
+    argv = ["predict", str(model), "--features", str(tmp_path / "uni"), "-o", str(out)]
+    assert main([*argv, "--allow-encoder-mismatch"]) == 0
+    assert list(pd.read_csv(out / "predictions.csv")["slide_id"]) == list(files)
+
+
+def test_a_width_mismatch_is_refused_even_when_encoders_may_differ(synthetic_cohort, tmp_path):
+    model = train_synthetic(synthetic_cohort, tmp_path / "m", epochs=1)
+    files = _one_slide_copy(synthetic_cohort[1], tmp_path / "wide", _wider)
+    with pytest.raises(CohortError) as err:
+        predict_slides([model], files, tmp_path / "out", allow_encoder_mismatch=True)
+    message = " ".join(str(err.value).split())
+    for part in (*map(str, files.values()), "17 wide", "16-wide", "'synthetic'", str(model)):
+        assert part in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_without_an_encoder_and_old_unknown_models_are_checked_by_width(
+    synthetic_cohort, tmp_path
+):
+    model = train_synthetic(synthetic_cohort, tmp_path / "m", epochs=1)
+    unlabelled = _one_slide_copy(synthetic_cohort[1], tmp_path / "plain", _unlabelled)
+    predict_slides([model], unlabelled, tmp_path / "plain_out")
+    assert (tmp_path / "plain_out" / "predictions.csv").exists()
+
+    old = tmp_path / "old.pt"  # as saved before the configured encoder was recorded
+    checkpoint.save({**checkpoint.load(model), "features_encoder": "unknown"}, old)
+    relabelled = _one_slide_copy(synthetic_cohort[1], tmp_path / "uni", _relabelled)
+    predict_slides([old], relabelled, tmp_path / "old_out")
+    assert (tmp_path / "old_out" / "predictions.csv").exists()
+    wider = _one_slide_copy(synthetic_cohort[1], tmp_path / "wide", _wider)
+    with pytest.raises(CohortError, match="17 wide"):
+        predict_slides([old], wider, tmp_path / "old_wide")

@@ -5,6 +5,7 @@ import torch
 
 from querent.data.grid import build_grid
 from querent.models import create_model, list_models
+from querent.models.registry import argument_problems
 
 IN_DIM, N_CLASSES = 12, 3
 #: case id -> (registered name, constructor settings); small sizes, every model covered.
@@ -258,34 +259,69 @@ def test_every_parameter_gets_a_gradient(name):
         assert param.grad.abs().sum() > 0, param_name
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs"),
-    [
-        ("abmil", {"dim": 0}),
-        ("abmil", {"attention_dim": 0}),
-        ("abmil", {"dropout": 1.0}),
-        ("abmil", {"dropout": -0.1}),
-        ("mean_pool", {"dim": 0}),
-        ("max_pool", {"dropout": 1.5}),
-        ("transmil", {"dim": 30, "heads": 4}),
-        ("transmil", {"heads": 0}),
-        ("transmil", {"dim": 1, "heads": 1}),
-        ("transmil", {"dropout": 1.0}),
-        ("abmil", {"in_dim": 0}),
-        ("transmil", {"n_outputs": 0}),
-        ("querent", {"top_k": 0, "local": False}),
-        ("querent", {"region_size": 0}),
-        ("querent", {"scorer": "best"}),
-        ("querent", {"selection": "slide"}),
-        ("querent", {"dim": 18, "heads": 2, "positional": "absolute"}),
-        ("querent", {"depth": 0}),
-        ("full_attention", {"dim": 2, "heads": 4}),
-    ],
-)
+#: Settings each model's constructor refuses (the sizes in_dim and n_outputs included).
+BAD_SETTINGS = [
+    ("abmil", {"dim": 0}),
+    ("abmil", {"attention_dim": 0}),
+    ("abmil", {"dropout": 1.0}),
+    ("abmil", {"dropout": -0.1}),
+    ("mean_pool", {"dim": 0}),
+    ("max_pool", {"dropout": 1.5}),
+    ("transmil", {"dim": 30, "heads": 4}),
+    ("transmil", {"heads": 0}),
+    ("transmil", {"dim": 1, "heads": 1}),
+    ("transmil", {"dropout": 1.0}),
+    ("abmil", {"in_dim": 0}),
+    ("transmil", {"n_outputs": 0}),
+    ("querent", {"top_k": 0, "local": False}),
+    ("querent", {"region_size": 0}),
+    ("querent", {"scorer": "best"}),
+    ("querent", {"selection": "slide"}),
+    ("querent", {"dim": 18, "heads": 2, "positional": "absolute"}),
+    ("querent", {"depth": 0}),
+    ("full_attention", {"dim": 2, "heads": 4}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), BAD_SETTINGS)
 def test_bad_settings_raise(name, kwargs):
     settings = {"in_dim": IN_DIM, "n_outputs": N_CLASSES} | kwargs
     with pytest.raises(ValueError):
         create_model(name, **settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [(name, kwargs) for name, kwargs in BAD_SETTINGS if not {"in_dim", "n_outputs"} & set(kwargs)],
+)
+def test_the_plan_time_check_refuses_what_the_constructor_refuses(name, kwargs):
+    """Planning runs each model's own checks, without building it, naming the argument."""
+    problems = argument_problems(name, kwargs)
+    assert problems and all(problem.split(":")[0] in kwargs for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        *((CASES[case][0], CASES[case][1]) for case in CASES),
+        ("querent", {"top_k": 0}),  # the default local: true makes it the local window
+        ("querent", {"top_k": None, "dropout": 0}),  # null: all regions; an int for a float
+        ("local_window", {"region_size": 2}),
+    ],
+)
+def test_the_plan_time_check_accepts_what_the_constructor_builds(name, kwargs):
+    assert argument_problems(name, kwargs) == []
+    create_model(name, in_dim=IN_DIM, n_outputs=N_CLASSES, **kwargs)
+
+
+def test_the_plan_time_check_names_the_argument_and_the_rule():
+    assert argument_problems("querent", {"region_size": 0}) == ["region_size: must be >= 1 (got 0)"]
+    (top_k,) = argument_problems("querent", {"top_k": 0, "local": False})
+    assert top_k.startswith("top_k: must be >= 1") and "got 0 without local" in top_k
+    assert argument_problems("querent", {"region_size": "4", "local": 1}) == [
+        "region_size: must be int (got '4' of type str)",
+        "local: must be bool (got 1 of type int)",
+    ]
 
 
 @pytest.mark.parametrize("name", MODELS)

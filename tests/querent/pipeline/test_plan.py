@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from extractors.wsi.discovery import SlideEntry
+from querent.engine.runs import model_run
 from querent.pipeline.plan import (
+    NO_COHORT_SHEET,
     CohortInputs,
     Findings,
     Inputs,
@@ -16,13 +18,13 @@ from querent.pipeline.plan import (
     check_settings,
     choose_inputs,
     plan_workflow,
-    schema_problems,
     slide_batches,
     table_problems,
 )
 from querent.pipeline.registries import read_registries
 from querent.schemas import COHORT_SCHEMA, CONFIG_SCHEMA
-from tests.helpers import default_config
+from querent.schemas.validation import check_config, schema_problems
+from tests.helpers import ROOT, default_config
 
 WHERE = CohortInputs(
     "resources/demo/cohort.csv",
@@ -34,6 +36,7 @@ REGISTRIES = {
     "encoders": {"efficientnet_lite0": {"native_mpp": 1.0, "input_px": 224}},
     "mpp_tolerance": 0.1,
     "models": {"querent": ["region_size", "top_k", "dim"], "abmil": ["dim"]},
+    "run_problems": {},
     "min_batch": {"cox": 8},
 }
 OWN = {"enabled": "auto"}
@@ -231,8 +234,8 @@ def test_cohort_rows_that_break_the_sheet_schema_name_their_line():
 
 @pytest.fixture(scope="module")
 def known():
-    """The real registries, as the planner's subprocess reads them."""
-    return read_registries()
+    """The real registries, as the planner's subprocess reads them for the shipped config."""
+    return read_registries(default_config()["models"])
 
 
 def _problems(config, known, tmp_path):
@@ -292,3 +295,107 @@ def test_each_missing_or_empty_input_is_a_problem_naming_it(
     if "slides" in sections:
         sections["demo"] = OWN
     assert named in _problems(default_config(**sections), known, tmp_path)
+
+
+# --- every problem at once, each naming its key ------------------------------------------------
+
+SCHEMA = yaml.safe_load(CONFIG_SCHEMA.read_text())
+
+
+def _shipped(**sections):
+    """The shipped config.yaml with ``sections`` merged in, not yet checked by the schema."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for name, values in sections.items():
+        config[name] = {**config[name], **values}
+    return config
+
+
+def test_schema_and_model_problems_are_reported_together_naming_their_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _shipped(
+        models={"querent": {"arch": "querent", "region_size": 0}},
+        training={"epoch": 3},
+        tiling={"patch_size": "big"},
+    )
+    findings = Findings()
+    findings.problems, plannable = check_config(config, SCHEMA)
+    assert plannable  # the defaults stand in for the rejected values
+    plan, _ = _plan(config, tmp_path)
+    check_registries(
+        config, plan.inputs, plan.encoders, read_registries(config["models"]), findings
+    )
+    assert findings.problems == [
+        "tiling.patch_size: 'big' is not of type 'integer'",
+        "training.epoch: unknown setting; did you mean `epochs`?",
+        "models.querent.region_size: must be >= 1 (got 0)",
+    ]
+    assert findings.message().startswith("config.yaml: 3 problems; nothing was run.")
+
+
+def test_a_value_without_a_default_stops_before_the_later_checks():
+    config = _shipped(models={"q": {"arch": "resnet"}}, splits={"folds": 0})
+    problems, plannable = check_config(config, SCHEMA)
+    assert not plannable and len(problems) == 2
+    assert problems[0].startswith("models.q.arch: 'resnet' is not one of")
+    assert problems[1].startswith("splits.folds: 0 is less than the minimum")
+
+
+def test_an_unknown_key_without_a_close_one_lists_the_valid_ones():
+    problems, _ = check_config(_shipped(cohort={"zzz": 1}), SCHEMA)
+    valid = ", ".join(sorted(SCHEMA["properties"]["cohort"]["properties"]))
+    assert problems == [f"cohort.zzz: unknown setting; valid ones: {valid}"]
+
+
+def test_a_runs_training_overrides_keep_the_training_sections_other_settings():
+    config = _shipped(
+        training={"epochs": 2}, models={"abmil": {"arch": "abmil", "training": {"lr": 1e-3}}}
+    )
+    assert check_config(config, SCHEMA) == ([], True)
+    assert config["models"]["abmil"]["training"] == {"lr": 1e-3}  # no default filled in
+    run = model_run("abmil", config["models"]["abmil"], config["training"], REGISTRIES["models"])
+    assert (run.training.epochs, run.training.lr) == (2, 1e-3)
+
+
+# --- messages that point at the right thing ----------------------------------------------------
+
+
+def test_sheet_and_slide_folder_mismatches_are_said_in_slide_terms(
+    tmp_path, monkeypatch, cmu_slide
+):
+    monkeypatch.chdir(tmp_path)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(cmu_slide, slides / f"{name}.svs")
+    sheet = _sheet(tmp_path / "cohort.csv", "slide_id,case_id,label\na,c1,x\nghost,c2,y\n")
+    config = default_config(demo=OWN, slides={"dir": str(slides)}, cohort={"sheet": sheet})
+    _, findings = _plan(config, tmp_path)
+    (problem,) = findings.problems
+    assert f"sheet slides with no slide file in slides.dir {slides}: ghost" in problem
+    assert f"slides in slides.dir {slides} without a sheet row: b" in problem
+    assert "features" not in problem
+
+
+def test_a_clam_feature_root_points_at_its_h5_files(tmp_path, monkeypatch, synthetic_cohort):
+    monkeypatch.chdir(tmp_path)
+    sheet, features = synthetic_cohort
+    shutil.copytree(features, tmp_path / "clam/h5_files")
+    (tmp_path / "clam/pt_files").mkdir()
+    config = default_config(
+        demo=OWN, features={"dir": str(tmp_path / "clam")}, cohort={"sheet": str(sheet)}
+    )
+    _, findings = _plan(config, tmp_path)
+    (problem,) = findings.problems
+    assert problem.endswith(f"Fix: features.dir: {tmp_path / 'clam/h5_files'}")
+
+
+def test_a_run_without_a_cohort_sheet_says_it_stops_after_the_features(
+    tmp_path, monkeypatch, cmu_slide
+):
+    monkeypatch.chdir(tmp_path)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(cmu_slide, slides / "a.svs")
+    plan, findings = _plan(default_config(demo=OWN, slides={"dir": str(slides)}), tmp_path)
+    assert plan.train_slides == [] and findings.problems == []
+    assert findings.notes == [NO_COHORT_SHEET] and "set cohort.sheet" in NO_COHORT_SHEET

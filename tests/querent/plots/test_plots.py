@@ -224,7 +224,8 @@ def _summary():
                 "task": "classification",
                 "n_cases": 60,
                 "n_folds": 3,
-                "auc_mean": auc,
+                "auc_pooled": auc,
+                "auc_mean": auc + 0.04,
                 "auc_std": 0.03,
                 "auc_ci_low": auc - 0.06,
                 "auc_ci_high": min(auc + 0.05, 1.0),
@@ -239,11 +240,11 @@ def test_summary_figure_draws_one_sorted_bar_per_run(tmp_path):
     ax = figure.axes[0]
     widths = [patch.get_width() for patch in ax.patches]
     assert len(widths) == len(summary)
-    assert widths == sorted(summary["auc_mean"])
+    assert widths == sorted(summary["auc_pooled"])  # the bars are the pooled headline
     assert ax.get_yticklabels()[-1].get_text() == "querent_k8 (uni)"
     assert any(line.get_xdata()[0] == 0.5 for line in ax.get_lines())
     _assert_written(figure, tmp_path / "summary")
-    with pytest.raises(ValueError, match="c_index_mean"):
+    with pytest.raises(ValueError, match="c_index_pooled"):
         summary_figure(summary, "c_index")
 
 
