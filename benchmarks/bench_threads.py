@@ -9,6 +9,8 @@ other cost the most. ``chosen`` is what :func:`querent.engine.threads.intra_op_t
 for a job granted 2 cores in that state.
 
     python benchmarks/bench_threads.py [--epochs 3] [--sizes 200 2000 8000]
+
+Writes ``benchmarks/results/threads.csv`` (the table) and ``bench_threads.json``.
 """
 
 from __future__ import annotations
@@ -99,11 +101,13 @@ def main() -> None:
                         }
                     )
                     print(rows[-1], flush=True)
-    print(pd.DataFrame(rows).to_string(index=False))
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    table.to_csv(HERE / "results" / "threads.csv", index=False)
     record = {"cpu": os.cpu_count(), "processor": _processor(), "rows": rows}
     out = HERE / "results" / "bench_threads.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written: {out}")
+    print(f"written: {out} and threads.csv")
 
 
 def _processor() -> str:

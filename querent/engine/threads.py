@@ -1,9 +1,9 @@
 """How many intra-op threads a training or evaluation job gives torch: the free ones it was given.
 
 Threads that wait on each other (OpenMP spins, then sleeps) are slow wherever another process
-shares the cores: on 2 cores with a third process busy, an epoch took 1.6-3.2x as long with
+shares the cores: on 2 cores with another process busy, an epoch took 1.58-2.5x as long with
 two threads as with one, at every bag size from 200 to 8,000 patches, while on quiet cores two
-threads took 0.52-0.89x as long (``benchmarks/bench_threads.py``). So the count follows the
+threads took 0.57-0.73x as long (``benchmarks/results/threads.csv``). So the count follows the
 cores that are idle, not the bag size: :func:`intra_op_threads` samples how busy this
 process's CPUs are (``/proc/stat``; a cluster job's cpuset counts only its own CPUs) and takes
 what is idle, at least one thread and at most the ``granted`` ones. Training asks again before
