@@ -76,6 +76,9 @@ def _param(name: str):
 
 
 ENCODERS = [_param(name) for name in RECIPES]
+#: One build per architecture and key mapping: H-optimus-1 is H-optimus-0's ViT-g/14 and loader
+#: (``_register_h_optimus``), its repo and file checked by the recipe test; 40-70 s of CI saved.
+ROUND_TRIPS = [_param(name) for name in RECIPES if name != "h_optimus_1"]
 
 
 def _images(input_size: int) -> torch.Tensor:
@@ -123,7 +126,7 @@ def test_recipe_matches_the_model_card(name):
     assert "Source:" in spec.notes
 
 
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", ROUND_TRIPS)
 def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path):
     """One build per encoder: forward on uint8 images, then the same weights from a file."""
     encoder = create_encoder(name, pretrained=False)
