@@ -243,8 +243,8 @@ def test_export_writes_clam_and_stamp_layouts(cmu_slide, tmp_path, capsys):
     assert len(lines) == 1 and str(coords) in lines[0] and "extract" in lines[0], result.stderr
 
 
-def test_splits_train_evaluate_predict_from_the_config(tmp_path, synthetic_cohort, monkeypatch):
-    import pandas as pd
+def _write_config(folder, synthetic_cohort, small: dict) -> dict:
+    """Write ``folder/config.yaml``: the synthetic features, 3 folds, 2 epochs, run ``small``."""
     import yaml
 
     sheet, features = synthetic_cohort
@@ -253,9 +253,17 @@ def test_splits_train_evaluate_predict_from_the_config(tmp_path, synthetic_cohor
         "cohort": {"sheet": str(sheet)},
         "splits": {"folds": 3},
         "training": {"epochs": 2},
-        "models": {"small": {"arch": "abmil", "dim": 16, "attention_dim": 8}},
+        "models": {"small": small},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def test_splits_train_evaluate_predict_from_the_config(tmp_path, synthetic_cohort, monkeypatch):
+    import pandas as pd
+
+    features = synthetic_cohort[1]
+    _write_config(tmp_path, synthetic_cohort, {"arch": "abmil", "dim": 16, "attention_dim": 8})
     monkeypatch.chdir(tmp_path)
     assert main(["splits"]) == 0
     splits = pd.read_csv("results/splits/splits.csv", dtype=str)
@@ -335,15 +343,9 @@ def test_the_cli_reads_the_config_as_planning_does(tmp_path, synthetic_cohort, m
     import pandas as pd
     import yaml
 
-    sheet, features = synthetic_cohort
-    config = {
-        "features": {"dir": str(features), "encoder": "synthetic"},
-        "cohort": {"sheet": str(sheet)},
-        "splits": {"folds": 3},
-        "training": {"epochs": 2},
-        "models": {"small": {"arch": "abmil", "dim": 16, "training": {"lr": 0.001}}},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    config = _write_config(
+        tmp_path, synthetic_cohort, {"arch": "abmil", "dim": 16, "training": {"lr": 0.001}}
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["splits"]) == 0
     assert main(["train", "--model", "small", "--fold", "0"]) == 0
