@@ -61,15 +61,17 @@ RECIPES = {
     ),
 }
 
-#: ViTs of 0.6 to 1.1 billion parameters: ~9 GB and tens of seconds for a round trip on a CPU.
+#: ViTs of 0.6 to 1.1 billion parameters (~9 GB and tens of seconds a round trip on a CPU at
+#: their full depth).
 GIANTS = {"uni_v2", "virchow2", "h_optimus_0", "h_optimus_1", "gigapath"}
+#: Blocks the giants are built with here: every block has the same keys, so two of them test
+#: each key mapping of the loader, at a twentieth of the time and memory of the full depth.
+TEST_DEPTH = 2
 NO_TRANSFORMERS = importlib.util.find_spec("transformers") is None
 
 
 def _param(name: str):
     marks = []
-    if name in GIANTS:
-        marks.append(pytest.mark.slow)
     if name == "phikon_v2":
         marks.append(pytest.mark.skipif(NO_TRANSFORMERS, reason="transformers is not installed"))
     return pytest.param(name, marks=marks)
@@ -77,8 +79,20 @@ def _param(name: str):
 
 ENCODERS = [_param(name) for name in RECIPES]
 #: One build per architecture and key mapping: H-optimus-1 is H-optimus-0's ViT-g/14 and loader
-#: (``_register_h_optimus``), its repo and file checked by the recipe test; 40-70 s of CI saved.
+#: (``_register_h_optimus``), its repo and file checked by the recipe test.
 ROUND_TRIPS = [_param(name) for name in RECIPES if name != "h_optimus_1"]
+
+
+@pytest.fixture
+def shallow_vits(monkeypatch):
+    """timm builds every ViT with :data:`TEST_DEPTH` blocks (widths, tokens, keys as published)."""
+    create = timm.create_model
+
+    def shallow(arch, *args, **kwargs):
+        return create(arch, *args, **({**kwargs, "depth": TEST_DEPTH} if "vit" in arch else kwargs))
+
+    monkeypatch.setattr(timm, "create_model", shallow)
+    monkeypatch.setitem(foundation.PHIKON_V2_CONFIG, "num_hidden_layers", TEST_DEPTH)
 
 
 def _images(input_size: int) -> torch.Tensor:
@@ -127,9 +141,11 @@ def test_recipe_matches_the_model_card(name):
 
 
 @pytest.mark.parametrize("name", ROUND_TRIPS)
-def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path):
+def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path, shallow_vits):
     """One build per encoder: forward on uint8 images, then the same weights from a file."""
     encoder = create_encoder(name, pretrained=False)
+    if name in GIANTS:
+        assert len(encoder.model.blocks) == TEST_DEPTH
     assert encoder.weights_source == "random"
     images = _images(encoder.spec.input_size)
     expected = _embed(encoder, images)
@@ -154,7 +170,7 @@ def test_random_forward_then_published_checkpoint_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_checkpoint_of_another_architecture_is_rejected(name, tmp_path):
+def test_checkpoint_of_another_architecture_is_rejected(name, tmp_path, shallow_vits):
     path = tmp_path / "resnet18.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(path))
     with pytest.raises(WeightsError, match=f"encoder {name}"):
@@ -174,8 +190,7 @@ def test_gigapath_resizes_to_256_then_crops_224():
     assert (spec.resize_size, spec.input_size) == (256, 224)
 
 
-@pytest.mark.slow
-def test_virchow2_concatenates_class_token_and_mean_of_patch_tokens_after_registers():
+def test_virchow2_concatenates_class_token_and_mean_of_patch_tokens_after_registers(shallow_vits):
     spec = get_encoder_spec("virchow2")
     model = spec.build().eval()
     images = torch.randn(2, 3, 224, 224)
@@ -211,14 +226,20 @@ def test_resnet50_trunc_pools_1024_channels_after_layer3():
     assert not any(key.startswith(("layer4.", "fc.")) for key in model.state_dict())
 
 
+def test_phikon_v2_config_is_the_published_vit_l16():
+    config = foundation.PHIKON_V2_CONFIG
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (1024, 24)
+    assert (config["num_attention_heads"], config["patch_size"]) == (16, 16)
+
+
 @pytest.mark.skipif(NO_TRANSFORMERS, reason="transformers is not installed")
-def test_phikon_v2_is_a_dinov2_vit_l16_whose_embedding_is_the_class_token():
+def test_phikon_v2_is_a_dinov2_vit_l16_whose_embedding_is_the_class_token(shallow_vits):
     spec = get_encoder_spec("phikon_v2")
     model = spec.build().eval()
     state = model.state_dict()
     assert state["embeddings.position_embeddings"].shape == (1, 1 + 14 * 14, 1024)
     assert state["embeddings.patch_embeddings.projection.weight"].shape == (1024, 3, 16, 16)
-    assert "encoder.layer.23.layer_scale2.lambda1" in state
+    assert f"encoder.layer.{TEST_DEPTH - 1}.layer_scale2.lambda1" in state
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         hidden = model(pixel_values=images).last_hidden_state
