@@ -260,7 +260,7 @@ def protocol_row(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
             train, val, test = fold_slides(splits, cohort, fold, val_fraction=0.2, seed=0)
             candidates = []
             for lr, wd in grid:
-                training = {"epochs": args.epochs, "lr": lr, "weight_decay": wd, "seed": seed}
+                training = {"epochs": args.epochs, "lr": lr, "weight_decay": wd, "seeds": [seed]}
                 run = model_run(re.sub(r"[^A-Za-z0-9_.-]", "_", name), spec, training)
                 folder = out / run.name / f"lr{lr:g}_wd{wd:g}_seed{seed}" / f"fold_{fold}"
                 if not (folder / "model.pt").is_file():
@@ -278,7 +278,8 @@ def protocol_row(name: str, spec: dict, cohort, files, args, out: Path) -> dict:
             tests.append(list(test))
             predictions.append(read_predictions(folder / "eval" / "predictions.csv"))
     runs = [s["level"]["case"][metric] for s in scores]
-    summary = summarize_run(name, "bench", predictions)
+    per_seed = [predictions[s * args.folds : (s + 1) * args.folds] for s in range(args.seeds)]
+    summary = summarize_run(name, "bench", per_seed)
     row = {
         "model": name,
         "cases": summary["n_cases"],

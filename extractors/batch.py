@@ -23,6 +23,7 @@ from extractors.encoders import Encoder
 from extractors.errors import FileFormatError, SlideError
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.io import atomic_path, feature_shape
+from extractors.stain_norm import StainNormaliser
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,22 @@ def recipe_path(staged: str | Path) -> Path:
     return staged.with_name(staged.name + ".json")
 
 
-def slide_recipe(item: BatchSlide, encoder: Encoder, options: ExtractionOptions) -> dict:
+def slide_recipe(
+    item: BatchSlide,
+    encoder: Encoder,
+    options: ExtractionOptions,
+    normaliser: StainNormaliser | None = None,
+) -> dict:
     """Everything the features of ``item`` depend on: equal recipes give equal features.
 
-    The slide file counts by path, size and modification time; the coords file by content.
-    Batch size, workers, device and block size change no feature and are left out.
+    The slide file counts by path, size and modification time; the coords file and a stain
+    reference image by content. Batch size, workers, device and block size change no feature
+    and are left out.
     """
     stat = Path(item.slide).stat()
+    stain = {} if normaliser is None else {"stain": normaliser.recipe()}
     return {
+        **stain,
         "encoder": encoder.spec.name,
         "weights_source": encoder.weights_source,
         "slide": str(item.slide),
@@ -86,9 +95,14 @@ def reusable_patches(staged: Path, recipe: dict) -> int | None:
         return None
 
 
-def extract_or_reuse(item: BatchSlide, encoder: Encoder, options: ExtractionOptions) -> dict:
+def extract_or_reuse(
+    item: BatchSlide,
+    encoder: Encoder,
+    options: ExtractionOptions,
+    normaliser: StainNormaliser | None = None,
+) -> dict:
     """Extract one slide unless its staged features are up to date; its ``ok`` manifest row."""
-    recipe = slide_recipe(item, encoder, options)
+    recipe = slide_recipe(item, encoder, options, normaliser)
     patches = reusable_patches(item.staged, recipe)
     if patches is not None:
         logger.info("%s: staged features are up to date (%s)", item.slide_id, item.staged)
@@ -102,6 +116,7 @@ def extract_or_reuse(item: BatchSlide, encoder: Encoder, options: ExtractionOpti
         item.staged,
         slide_kwargs=recipe["slide_kwargs"],
         options=options,
+        normaliser=normaliser,
     )
     with atomic_path(recipe_path(item.staged)) as tmp:
         tmp.write_text(json.dumps(recipe, indent=1, sort_keys=True))
@@ -114,6 +129,7 @@ def extract_batch(
     manifest: str | Path,
     *,
     options: ExtractionOptions | None = None,
+    normaliser: StainNormaliser | None = None,
     log: str | None = None,
 ) -> list[dict]:
     """Extract the features of several slides with one encoder; record each outcome.
@@ -127,6 +143,7 @@ def extract_batch(
         encoder: A loaded encoder on its device.
         manifest: Output TSV (written last, atomically) with :data:`MANIFEST_COLUMNS`.
         options: Batch size, workers, error handling (default: :class:`ExtractionOptions`).
+        normaliser: Stain normalisation of the patches before the encoder; None: none.
         log: This job's log file, recorded in the manifest for :func:`publish_features`.
 
     Returns:
@@ -136,7 +153,7 @@ def extract_batch(
     rows = []
     for item in slides:
         try:
-            outcome = extract_or_reuse(item, encoder, options)
+            outcome = extract_or_reuse(item, encoder, options, normaliser)
         except Exception as err:  # one slide's failure must not fail the batch
             logger.exception("slide %r (%s) failed", item.slide_id, item.slide)
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]

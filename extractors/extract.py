@@ -20,6 +20,8 @@ from extractors.encoders import Encoder, EncoderSpec
 from extractors.errors import FileFormatError, SettingsError, SlideError
 from extractors.io import read_coords, trident_magnifications, write_features
 from extractors.patches import PatchBlocks, PatchGeometry, collate_blocks
+from extractors.stain import feature_set
+from extractors.stain_norm import StainNormaliser
 from extractors.wsi.reader import Slide
 
 logger = logging.getLogger(__name__)
@@ -125,12 +127,18 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def encode_patches(
-    dataset: PatchBlocks, encoder: Encoder, options: ExtractionOptions, *, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every patch of a dataset.
+    dataset: PatchBlocks,
+    encoder: Encoder,
+    options: ExtractionOptions,
+    *,
+    desc: str,
+    normaliser: StainNormaliser | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Embed every patch of a dataset, stain-normalised first if ``normaliser`` is given.
 
     Returns:
-        (features (N, D) float32 with NaN rows for skipped patches, skipped indices).
+        (features (N, D) float32 with NaN rows for skipped patches, skipped indices, number of
+        patches the normaliser left as they were).
     """
     device = next(encoder.parameters()).device
     dtype = autocast_dtype(device)
@@ -150,17 +158,21 @@ def encode_patches(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    skipped = []
+    skipped, unnormalised = [], 0
     with torch.inference_mode(), tqdm(total=n_patches, desc=desc, unit="patch") as progress:
         for indices, patches, failed in loader:
             skipped.append(failed.numpy())
             if len(indices):
                 images = patches.to(device, non_blocking=True)
+                if normaliser is not None:
+                    images, normalised = normaliser(images)
+                    unnormalised += int((~normalised).sum())
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     embeddings = encoder(images)
                 features[indices.numpy()] = embeddings.float().cpu().numpy()
             progress.update(len(indices) + len(failed))
-    return features, np.concatenate(skipped) if skipped else np.empty(0, np.int64)
+    skipped = np.concatenate(skipped) if skipped else np.empty(0, np.int64)
+    return features, skipped, unnormalised
 
 
 def extract_slide(
@@ -171,8 +183,12 @@ def extract_slide(
     *,
     slide_kwargs: dict | None = None,
     options: ExtractionOptions = ExtractionOptions(),
+    normaliser: StainNormaliser | None = None,
 ) -> int:
     """Extract the features of one slide into ``out_path``.
+
+    With a stain ``normaliser``, the file's ``encoder`` attribute is the feature-set name
+    (``uni_v2-macenko``) and its ``stain_*`` attributes say how the patches were normalised.
 
     Args:
         slide_path: The slide.
@@ -181,6 +197,7 @@ def extract_slide(
         out_path: Output ``.h5``.
         slide_kwargs: Keyword arguments of :class:`Slide` (slide_id, mpp_override, ...).
         options: Batch size, workers, error handling.
+        normaliser: Stain normalisation of the patches before the encoder; None: none.
 
     Returns:
         Number of patches written.
@@ -206,7 +223,9 @@ def extract_slide(
         skip_errors=options.skip_errors,
     )
     try:
-        features, skipped = encode_patches(dataset, encoder, options, desc=slide_id)
+        features, skipped, unnormalised = encode_patches(
+            dataset, encoder, options, desc=slide_id, normaliser=normaliser
+        )
     except SlideError as err:
         raise SlideError(
             f"{err} Fix: re-copy the slide, or set features.on_decode_error: skip (CLI "
@@ -220,7 +239,7 @@ def extract_slide(
         autocast_dtype(next(encoder.parameters()).device)
     ]
     feature_attrs = {
-        "encoder": spec.name,
+        "encoder": spec.name if normaliser is None else feature_set(spec.name, normaliser.method),
         "embed_dim": spec.embed_dim,
         "precision": precision,
         "weights_source": encoder.weights_source,
@@ -228,6 +247,13 @@ def extract_slide(
         "effective_mpp": effective_mpp(attrs, spec),
         "n_skipped": len(skipped),
     }
+    if normaliser is not None:
+        feature_attrs |= {**normaliser.attrs(), "stain_unnormalised": unnormalised}
+        logger.info(
+            "%s: %s normalised %d of %d patches; %d left as read (too little tissue to "
+            "estimate their stains)",
+            slide_id, normaliser.method, keep.sum() - unnormalised, keep.sum(), unnormalised,
+        )  # fmt: skip
     write_features(out_path, features[keep], coords[keep], attrs, feature_attrs, coords[skipped])
     logger.info("%s: %d x %d features -> %s", slide_id, keep.sum(), spec.embed_dim, out_path)
     return int(keep.sum())

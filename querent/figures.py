@@ -23,6 +23,7 @@ from querent.plots import heatmap, qupath
 from querent.plots.confusion import confusion_figure
 from querent.plots.curves import roc_figure, training_figure
 from querent.plots.mosaic import mosaic
+from querent.plots.regression import predicted_figure
 from querent.plots.style import save_figure, save_preview
 from querent.plots.summary import summary_figure
 from querent.plots.survival import km_figure, risk_groups
@@ -70,8 +71,9 @@ def draw_run_plots(
 ) -> list[Path]:
     """The plots of one model run; returns the files written.
 
-    ROC curves and confusion matrix (classification) or Kaplan-Meier curves of risk groups
-    (survival), and the training curves of every fold.
+    ROC curves and confusion matrix (classification), Kaplan-Meier curves of risk groups
+    (survival) or predicted against true values (regression), and the training curves of every
+    fold.
     """
     out_dir = Path(out_dir)
     folds = _fold_tables(eval_dirs)
@@ -81,6 +83,8 @@ def draw_run_plots(
     if task == "classification":
         figures["roc"] = roc_figure([case_level(t.drop(columns="fold")) for t in folds])
         figures["confusion"] = confusion_figure(pooled, class_names(pooled))
+    elif task == "regression":
+        figures["predicted"] = predicted_figure([case_level(t.drop(columns="fold")) for t in folds])
     else:
         figures["km"] = km_figure(pooled, groups=settings.km_groups)
     histories = [pd.read_csv(path) for path in history_paths]
@@ -91,26 +95,44 @@ def draw_run_plots(
     return written
 
 
-def draw_summary(summary_path: str | Path, figure_path: str | Path, table_path: str | Path) -> None:
-    """The summary bar chart of every run's main metric and the summary as an HTML table."""
+def draw_summary(
+    summary_path: str | Path,
+    figure_path: str | Path,
+    table_path: str | Path,
+    comparisons_path: str | Path | None = None,
+) -> None:
+    """The summary bar chart of every run's main metric and the summary as an HTML table.
+
+    With ``comparisons_path`` the paired comparisons of runs follow the summary's table.
+    """
     summary = read_summary(summary_path)
     metric = METRICS[summary["task"].iloc[0]][0]
     save_figure(summary_figure(summary, metric), Path(figure_path).with_suffix(""), ("png",))
+    html = summary.to_html(index=False, float_format="%.3f", na_rep="", border=0)
+    if comparisons_path is not None:
+        comparisons = read_summary(comparisons_path)
+        if len(comparisons):
+            html += "\n<h4>Paired comparisons (A - B, bootstrap over common cases)</h4>\n"
+            html += comparisons.to_html(index=False, float_format="%.3f", na_rep="", border=0)
     with atomic_path(table_path) as tmp:
-        tmp.write_text(summary.to_html(index=False, float_format="%.3f", na_rep="", border=0))
+        tmp.write_text(html)
 
 
 def heatmap_slides(predictions: pd.DataFrame, per_group: int, extra: Sequence[str]) -> pd.DataFrame:
     """Slides to draw: the highest- and lowest-scoring ``per_group`` of each class or risk group.
 
     Classification scores a slide by its probability of its true class; survival by its risk,
-    within median (or tertile) risk groups. ``extra`` slides are added.
+    within median (or tertile) risk groups; regression by its predicted value, over all slides.
+    ``extra`` slides are added.
 
     Returns:
         ``slide_id``, ``group``, ``score`` and ``why`` ("highest", "lowest" or "listed").
     """
     rows = []
-    if task_of(predictions) == "classification":
+    task = task_of(predictions)
+    if task == "regression":
+        rows += _ends(predictions["slide_id"], predictions["prediction"], "predicted", per_group)
+    elif task == "classification":
         for name in class_names(predictions):
             members = predictions[predictions["truth"] == name]
             scores = members[f"prob_{name}"]

@@ -269,10 +269,10 @@ def test_splits_train_evaluate_predict_from_the_config(tmp_path, synthetic_cohor
     splits = pd.read_csv("results/splits/splits.csv", dtype=str)
     assert set(splits["fold"]) == {"0", "1", "2"}
     assert main(["train", "--model", "small", "--fold", "1"]) == 0
-    model = tmp_path / "results/models/small/synthetic/fold_1/model.pt"
+    model = tmp_path / "results/models/small/synthetic/seed_0/fold_1/model.pt"
     assert model.exists()
     assert main(["evaluate", "--model", "small", "--fold", "1"]) == 0
-    evaluated = pd.read_csv("results/eval/small/synthetic/fold_1/predictions.csv")
+    evaluated = pd.read_csv("results/eval/small/synthetic/seed_0/fold_1/predictions.csv")
     held_out = sorted(splits.loc[splits["fold"] == "1", "slide_id"])
     assert sorted(evaluated["slide_id"]) == held_out
 
@@ -331,7 +331,7 @@ def test_a_synthetic_context_cohort_trains_from_the_config(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(["splits"]) == 0 and main(["train", "--model", "q", "--fold", "0"]) == 0
     assert main(["evaluate", "--model", "q", "--fold", "0"]) == 0
-    assert len(pd.read_csv("results/eval/q/synthetic/fold_0/predictions.csv")) == 4
+    assert len(pd.read_csv("results/eval/q/synthetic/seed_0/fold_0/predictions.csv")) == 4
     with pytest.raises(SystemExit, match="2"):
         main(["synthetic", str(out), "--kind", "spiral"])
     with pytest.raises(SystemExit, match="0"):
@@ -349,7 +349,7 @@ def test_the_cli_reads_the_config_as_planning_does(tmp_path, synthetic_cohort, m
     monkeypatch.chdir(tmp_path)
     assert main(["splits"]) == 0
     assert main(["train", "--model", "small", "--fold", "0"]) == 0
-    history = pd.read_csv("results/models/small/synthetic/fold_0/history.csv")
+    history = pd.read_csv("results/models/small/synthetic/seed_0/fold_0/history.csv")
     assert len(history) == 2  # the section's epochs, not the schema's default 50
 
     config["training"] = {"epoch": 2, "patience": 0}

@@ -17,6 +17,7 @@ import pandas as pd
 
 from extractors.errors import SlideDiscoveryError, SlideError
 from extractors.io import SLIDE_ID_PATTERN, atomic_path
+from extractors.wsi.dicom import DicomFolder, dicom_folder, is_dicom_file
 from extractors.wsi.formats import SLIDE_EXTENSIONS, slide_id_from_path
 
 
@@ -35,15 +36,31 @@ class SlideEntry:
     mpp: float | None = None
 
 
-def _id_problem(slide_id: str) -> str | None:
-    """Why a slide id is unsafe as a file name and workflow wildcard, or None."""
+def _id_problem(slide_id: str, what: str = "file") -> str | None:
+    """Why a slide id is unsafe as a file name and workflow wildcard, or None.
+
+    ``what`` is what the id comes from: a ``file``, or a DICOM slide's ``folder``.
+    """
     if re.fullmatch(SLIDE_ID_PATTERN, slide_id):
         return None
     return (
         f"slide id {slide_id!r} has characters that are unsafe in paths (allowed: letters, "
-        "digits, '.', '_', '-'; first a letter or digit). Fix: rename the file, or list it in a "
-        "slide sheet with a 'slide_id' column."
+        f"digits, '.', '_', '-'; first a letter or digit). Fix: rename the {what}, or list it in "
+        "a slide sheet with a 'slide_id' column."
     )
+
+
+#: The fix for a folder under slides.dir that holds several DICOM series.
+_SPLIT_FOLDER = (
+    "move each series' files into a folder of its own under slides.dir (the folder name is the "
+    "slide id), or list one .dcm file of each series in a slide sheet (slides.sheet) with a "
+    "'slide_id' column."
+)
+#: The fix for a slide sheet row naming a folder that holds several DICOM series.
+_SPLIT_ROW = (
+    "give one .dcm file of a series as the path (OpenSlide opens that file's series), one row "
+    "per series, each with its own 'slide_id'."
+)
 
 
 def check_slide_id(slide_id: str, source: str) -> None:
@@ -74,9 +91,12 @@ def _duplicates(entries: list[SlideEntry]) -> list[str]:
     ]
 
 
-def _walk_slides(root: Path) -> list[Path]:
-    """Slide files under ``root``, following symlinked folders once each (loops are cut)."""
-    found, seen = [], set()
+def _walk_slides(root: Path) -> tuple[list[Path], list[Path]]:
+    """Slide files, and folders holding ``.dcm`` files, under ``root``.
+
+    Symlinked folders are followed once each (loops are cut).
+    """
+    found, dicom, seen = [], [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         info = os.stat(folder)
         if (info.st_dev, info.st_ino) in seen:  # a link back up or a second link to a folder
@@ -84,19 +104,36 @@ def _walk_slides(root: Path) -> list[Path]:
             continue
         seen.add((info.st_dev, info.st_ino))
         subfolders.sort()
+        has_dicom = False
         for name in files:
             path = Path(folder, name)
-            if (
-                not name.startswith(".")
-                and name.lower().endswith(SLIDE_EXTENSIONS)
-                and path.is_file()
-            ):
+            if name.startswith(".") or not path.is_file():
+                continue
+            if is_dicom_file(name):
+                has_dicom = True
+            elif name.lower().endswith(SLIDE_EXTENSIONS):
                 found.append(path)
-    return sorted(found)
+        if has_dicom:
+            dicom.append(Path(folder))
+    return sorted(found), sorted(dicom)
+
+
+def _series_problem(found: DicomFolder, fix: str) -> str | None:
+    """Why a folder of ``.dcm`` files is not one slide (several series in it), or None."""
+    if len(found.series) < 2:
+        return None
+    names = ", ".join(f"...{uid[-12:]}" for uid in found.series)
+    return (
+        f"DICOM folder {found.folder} holds {len(found.series)} slides (series {names}), but a "
+        f"folder of .dcm files is one slide. Fix: {fix}"
+    )
 
 
 def discover_slides(folder: str | Path) -> list[SlideEntry]:
     """All slides under a folder (recursively, symlinked files and folders too), by slide id.
+
+    A folder holding ``.dcm`` files is one DICOM slide, named by the folder; its entry's path is
+    the file OpenSlide opens it by (:func:`~extractors.wsi.dicom.dicom_folder`).
 
     Raises:
         SlideDiscoveryError: Missing folder, no slide, unsafe or duplicate slide ids (every
@@ -108,17 +145,25 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
             f"slide folder {root} does not exist; set slides.dir in config.yaml to the folder "
             "that holds your slides."
         )
-    paths = _walk_slides(root)
-    if not paths:
+    paths, dicom_folders = _walk_slides(root)
+    if not paths and not dicom_folders:
         raise SlideDiscoveryError(
             f"slide folder {root} holds no slide (looked for {', '.join(SLIDE_EXTENSIONS)}, "
-            "recursively). Fix: point slides.dir at the folder with your slides, or use a "
-            "slide sheet (slides.sheet)."
+            "recursively; a folder of .dcm files is one DICOM slide). Fix: point slides.dir at "
+            "the folder with your slides, or use a slide sheet (slides.sheet)."
         )
     entries = [SlideEntry(slide_id_from_path(p), p) for p in paths]
     problems = [
         f"{entry.path}: {problem}" for entry in entries if (problem := _id_problem(entry.slide_id))
     ]
+    for found in filter(None, map(dicom_folder, dicom_folders)):  # None: gone since the walk
+        entry = SlideEntry(slide_id_from_path(found.folder), found.file)
+        if problem := _series_problem(found, _SPLIT_FOLDER):
+            problems.append(problem)
+        elif problem := _id_problem(entry.slide_id, "folder"):
+            problems.append(f"{found.folder}: {problem}")
+        else:
+            entries.append(entry)
     _raise_all(f"slide folder {root}", problems + _duplicates(entries))
     return sorted(entries, key=lambda e: e.slide_id)
 
@@ -126,8 +171,9 @@ def discover_slides(folder: str | Path) -> list[SlideEntry]:
 def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
     """Slides listed in a CSV sheet (tab-separated if named ``*.tsv``).
 
-    Columns: ``path`` (required; relative paths are taken from the sheet's folder),
-    ``slide_id`` (optional; default: file name without extension), ``mpp`` (optional per-slide
+    Columns: ``path`` (required; relative paths are taken from the sheet's folder; a DICOM
+    slide is one of its ``.dcm`` files or their folder), ``slide_id`` (optional; default: file
+    name without extension, a DICOM slide's folder name), ``mpp`` (optional per-slide
     microns-per-pixel override; empty cells mean "use the slide's metadata").
 
     Raises:
@@ -165,10 +211,21 @@ def read_slide_sheet(sheet: str | Path) -> list[SlideEntry]:
         path = path if path.is_absolute() else sheet.parent / path
         slide_id = row.get("slide_id")
         slide_id = slide_id_from_path(path) if pd.isna(slide_id) else str(slide_id).strip()
-        id_problem = _id_problem(slide_id)
+        id_problem = _id_problem(slide_id, "folder" if path.is_dir() else "file")
         if id_problem:
             problems.append(f"{where}: {id_problem}")
-        if not path.is_file():
+        if path.is_dir():  # a DICOM slide: the folder of its .dcm files
+            found = dicom_folder(path)
+            if found is None:
+                problems.append(
+                    f"{where}: slide {slide_id!r}: {path} is a folder without .dcm files. Fix: "
+                    "give the slide file, or a folder of one DICOM slide's .dcm files."
+                )
+            elif problem := _series_problem(found, _SPLIT_ROW):
+                problems.append(f"{where}: {problem}")
+            else:
+                path = found.file
+        elif not path.is_file():
             problems.append(
                 f"{where}: slide {slide_id!r}: file {path} not found. Fix: correct the path "
                 "(relative paths start at the sheet's folder) or drop the row."

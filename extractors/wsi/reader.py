@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ import tifffile
 from openslide import lowlevel
 
 from extractors.errors import SlideError
+from extractors.wsi.dicom import dicom_folder
 from extractors.wsi.formats import TIFF_EXTENSIONS, slide_id_from_path
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,27 @@ def _mpp_from_tiff_tags(properties: dict[str, str]) -> float | None:
     return per_unit_um / xres
 
 
+#: OpenSlide properties of a DICOM WSI's level-0 pixel spacing in mm (DICOM: row spacing, then
+#: column spacing), in the order they are tried; the column spacing is the x pixel size.
+DICOM_PIXEL_SPACING = (
+    "dicom.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[1]",
+    "dicom.PerFrameFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[1]",
+    "dicom.PixelSpacing[1]",
+)
+
+
+def _mpp_from_dicom(properties: dict[str, str]) -> float | None:
+    """Microns per pixel from a DICOM WSI's PixelSpacing (mm), if there is one."""
+    for key in DICOM_PIXEL_SPACING:
+        try:  # decimal arithmetic: "0.000499" mm gives 0.499 µm exactly, as openslide.mpp-x does
+            value = float(Decimal(properties[key].strip()) * 1000)
+        except (KeyError, InvalidOperation):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
 def resolve_mpp(
     properties: dict[str, str],
     *,
@@ -93,8 +116,9 @@ def resolve_mpp(
     """Resolve a slide's level-0 microns per pixel and say where it came from.
 
     An explicit per-slide ``override`` (the slide sheet's ``mpp`` column) wins; then the slide's
-    own metadata (``openslide.mpp-x``, ``aperio.MPP``, TIFF resolution tags); then the config
-    ``default``, which must be set explicitly and is logged as a warning.
+    own metadata (a DICOM WSI's PixelSpacing, ``openslide.mpp-x``, ``aperio.MPP``, TIFF
+    resolution tags); then the config ``default``, which must be set explicitly and is logged
+    as a warning.
 
     Args:
         properties: OpenSlide properties of the slide.
@@ -104,13 +128,16 @@ def resolve_mpp(
         default: Fallback MPP from the config (``slides.mpp_default``), or None.
 
     Returns:
-        ``(mpp, source)`` where source is one of ``slide_sheet``, ``openslide.mpp-x``,
-        ``aperio.MPP``, ``tiff.resolution`` or ``config_default``.
+        ``(mpp, source)`` where source is one of ``slide_sheet``, ``dicom.PixelSpacing``,
+        ``openslide.mpp-x``, ``aperio.MPP``, ``tiff.resolution`` or ``config_default``.
 
     Raises:
         SlideError: No usable MPP anywhere.
     """
     from_metadata: list[tuple[float, str]] = []
+    dicom_mpp = _mpp_from_dicom(properties)
+    if dicom_mpp is not None and _plausible(dicom_mpp):
+        from_metadata.append((dicom_mpp, "dicom.PixelSpacing"))
     for key in ("openslide.mpp-x", "aperio.MPP"):
         try:
             value = float(properties.get(key, "nan"))
@@ -149,8 +176,8 @@ def resolve_mpp(
         return float(default), "config_default"
     raise SlideError(
         f"{name}: the slide has no microns-per-pixel metadata (openslide.mpp-x, aperio.MPP, TIFF "
-        "resolution). Fix: give its level-0 µm/px (0.25 at 40x, 0.5 at 20x) in the slide "
-        f"sheet's 'mpp' column (slides.sheet), or in config.yaml as slides.per_slide: "
+        "resolution, DICOM PixelSpacing). Fix: give its level-0 µm/px (0.25 at 40x, 0.5 at 20x) "
+        f"in the slide sheet's 'mpp' column (slides.sheet), or in config.yaml as slides.per_slide: "
         f"{{{slide_id}: {{mpp: 0.25}}}}, or as slides.mpp_default: 0.25 for every slide "
         "without it (CLI: --mpp, --mpp-default)."
     )
@@ -185,9 +212,10 @@ class Slide:
     """An open whole-slide image with a resolved level-0 MPP.
 
     Args:
-        path: Slide file in any OpenSlide format.
+        path: Slide file in any OpenSlide format; for a DICOM slide, one of its ``.dcm`` files
+            or their folder (opened by :func:`~extractors.wsi.dicom.dicom_folder`'s file).
         slide_id: Name used in messages and outputs; defaults to the file name without the
-            slide extension.
+            slide extension (a DICOM slide: its folder's name).
         mpp_override: Per-slide MPP (slide sheet ``mpp`` column); wins over the metadata.
         mpp_default: Config fallback for slides without MPP metadata.
     """
@@ -202,6 +230,8 @@ class Slide:
     ) -> None:
         self.path = Path(path)
         self.slide_id = slide_id or slide_id_from_path(self.path)
+        if self.path.is_dir():
+            self.path = self._dicom_file(self.path, self.slide_id)
         name = f"slide {self.slide_id!r} ({self.path})"
         self.name = name
         if not self.path.is_file():
@@ -226,6 +256,24 @@ class Slide:
         self.dimensions: tuple[int, int] = self._osr.dimensions
         self.level_dimensions: tuple[tuple[int, int], ...] = self._osr.level_dimensions
         self.level_downsamples: tuple[float, ...] = self._osr.level_downsamples
+
+    @staticmethod
+    def _dicom_file(folder: Path, slide_id: str) -> Path:
+        """The file to open the DICOM slide in ``folder`` by (one series: one slide)."""
+        found = dicom_folder(folder)
+        name = f"slide {slide_id!r} ({folder})"
+        if found is None:
+            raise SlideError(
+                f"{name}: a folder without .dcm files; give the slide file, or the folder of one "
+                "DICOM slide's .dcm files."
+            )
+        if len(found.series) > 1:
+            raise SlideError(
+                f"{name}: the folder holds {len(found.series)} DICOM series, and a folder is one "
+                "slide. Fix: move each series' files into a folder of its own, or give one .dcm "
+                "file of the series you want (OpenSlide opens that file's series)."
+            )
+        return found.file
 
     def __enter__(self) -> Slide:
         return self

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -20,6 +22,9 @@ import numpy as np
 from extractors.errors import FileFormatError, SettingsError
 from extractors.io import atomic_path
 from extractors.wsi.reader import Slide
+
+if TYPE_CHECKING:
+    from extractors.wsi.annotations import Annotations
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +233,11 @@ def polygon_area(ring: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+def tissue_area_px(polygons: Sequence[TissuePolygon]) -> float:
+    """Area of tissue polygons in level-0 pixels, holes cut out."""
+    return sum(polygon_area(p.exterior) - sum(polygon_area(h) for h in p.holes) for p in polygons)
+
+
 def qc_mpp(slide: Slide) -> float:
     """MPP of a QC picture of the whole slide (:data:`QC_MAX_SIDE` pixels on its long side)."""
     return max(slide.mpp, max(slide.dimensions) * slide.mpp / QC_MAX_SIDE)
@@ -264,10 +274,7 @@ def segment(slide: Slide, params: TissueParams) -> Segmentation:
     thumbnail, seg_image, scale = read_for_segmentation(slide, params)
     width, height = slide.dimensions
     polygons = mask_to_polygons(tissue_mask(seg_image, params), params, scale)
-    area_px = sum(
-        polygon_area(p.exterior) - sum(polygon_area(h) for h in p.holes) for p in polygons
-    )
-    area_um2 = area_px * slide.mpp**2
+    area_um2 = tissue_area_px(polygons) * slide.mpp**2
     logger.info(
         "%s: %d tissue pieces, %.3f mm² of tissue", slide.slide_id, len(polygons), area_um2 / 1e6
     )
@@ -353,8 +360,17 @@ def draw_qc(
     polygons: list[TissuePolygon],
     coords: np.ndarray | None = None,
     patch_size_level0: int | None = None,
+    outlines: Sequence[tuple[TissuePolygon, tuple[int, int, int]]] = (),
 ) -> np.ndarray:
     """Draw tissue outlines (green), holes (blue) and patches (orange) on a thumbnail.
+
+    Args:
+        thumbnail: The whole slide, RGB.
+        level0_size: Slide (width, height) at level 0.
+        polygons: Tissue polygons in level-0 pixels.
+        coords: Level-0 top-left corners of patches to outline, or None.
+        patch_size_level0: Their side in level-0 pixels.
+        outlines: More polygons with their RGB colour, drawn last (a slide's annotations).
 
     Returns:
         RGB uint8 picture with at most :data:`QC_MAX_SIDE` pixels per side.
@@ -379,6 +395,9 @@ def draw_qc(
         rings = [np.round(r * scale).astype(np.int32) for r in polygon.rings()]
         cv2.polylines(picture, rings[:1], True, (0, 200, 0), thickness)
         cv2.polylines(picture, rings[1:], True, (0, 80, 255), thickness)
+    for polygon, colour in outlines:
+        rings = [np.round(r * scale).astype(np.int32) for r in polygon.rings()]
+        cv2.polylines(picture, rings, True, colour, thickness)
     return picture
 
 
@@ -429,9 +448,19 @@ def segment_slide(
     geojson_path: str | Path,
     qc_path: str | Path,
     thumbnail_path: str | Path | None = None,
+    annotations: Annotations | None = None,
 ) -> Segmentation:
-    """Segment a slide; write its tissue GeoJSON, QC picture and (optionally) thumbnail."""
+    """Segment a slide; write its tissue GeoJSON, QC picture and (optionally) thumbnail.
+
+    With ``annotations`` the tissue written is the region they make of the tissue found
+    (:meth:`~extractors.wsi.annotations.Annotations.apply`), and the QC picture outlines them
+    in their own colours.
+    """
     result = segment(slide, params)
+    outlines, provenance = [], {}
+    if annotations is not None:
+        result = annotations.apply(result, slide)
+        outlines, provenance = annotations.outlines(), {"annotations": annotations.provenance()}
     if thumbnail_path is not None:
         write_thumbnail(thumbnail_path, result.thumbnail, result.level0_size, slide.mpp)
     write_geojson(
@@ -442,6 +471,8 @@ def segment_slide(
         mpp_source=slide.mpp_source,
         tissue_area_um2=result.tissue_area_um2,
         params=dataclasses.asdict(params),
+        **provenance,
     )
-    write_jpeg(qc_path, draw_qc(result.thumbnail, result.level0_size, result.polygons))
+    picture = draw_qc(result.thumbnail, result.level0_size, result.polygons, outlines=outlines)
+    write_jpeg(qc_path, picture)
     return result

@@ -3,10 +3,11 @@
 Splits are made at the case (patient) level: one row per case, so every slide of a case lands
 in the case's fold. An optional held-out ``test`` share of the cases is drawn first
 (scikit-learn's ``train_test_split`` with ``stratify``), then ``StratifiedKFold`` deals the
-remaining cases into ``k`` folds, stratified on the case's class (survival: its event). With one
-row per case this is the grouping ``StratifiedGroupKFold`` does, with an exact guarantee: in
-every fold, the cases of each stratum number within one of (cases of the stratum) / k, where
-``StratifiedGroupKFold`` only balances greedily.
+remaining cases into ``k`` folds, stratified on the case's class (survival: its event;
+regression: the quantile bin of its value, as scikit-learn's users bin a continuous target to
+stratify it). With one row per case this is the grouping ``StratifiedGroupKFold`` does, with an
+exact guarantee: in every fold, the cases of each stratum number within one of (cases of the
+stratum) / k, where ``StratifiedGroupKFold`` only balances greedily.
 
 The split file ``splits.csv`` has columns ``slide_id, case_id, fold``; ``fold`` is ``0..k-1`` or
 ``test``. A person may bring their own; :func:`read_splits` checks it against the cohort.
@@ -25,7 +26,7 @@ import pandas as pd
 
 from extractors.errors import CohortError, SettingsError
 from extractors.io import atomic_path
-from querent.data.cohort import Cohort, format_items, read_table
+from querent.data.cohort import REGRESSION_STRATA, Cohort, format_items, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +73,13 @@ def _case_strata(cohort: Cohort, folds: int, where: str = "") -> pd.Series:
     """The stratum of each case; raises when a stratum has too few cases for ``folds`` folds.
 
     Survival cases are stratified on their event, unless fewer than ``folds`` are censored
-    (then all cases form one stratum, and only the events must fill every fold).
+    (then all cases form one stratum, and only the events must fill every fold). Regression
+    cases are stratified on quantile bins of their value, as many (up to
+    :data:`~querent.data.cohort.REGRESSION_STRATA`) as leave ``folds`` cases in every bin.
     """
     fix = " lower splits.test_fraction," if where else ""
+    if cohort.task == "regression":
+        return _regression_strata(cohort, folds, where, fix)
     strata = cohort.strata()
     counts = strata.value_counts()
     if cohort.task == "classification":
@@ -101,6 +106,21 @@ def _case_strata(cohort: Cohort, folds: int, where: str = "") -> pd.Series:
         logger.info("%d censored cases < %d folds: folds are not stratified", censored, folds)
         return strata * 0
     return strata
+
+
+def _regression_strata(cohort: Cohort, folds: int, where: str, fix: str) -> pd.Series:
+    """Quantile bins of the cases' values, the most that hold ``folds`` cases each."""
+    n_cases = len(cohort.cases())
+    if n_cases < folds:
+        raise CohortError(
+            f"{cohort.source}: {folds} folds need at least {folds} cases{where}; there are "
+            f"{n_cases}. Fix: fewer folds (splits.folds){' or' + fix.rstrip(',') if where else ''}."
+        )
+    for bins in range(min(REGRESSION_STRATA, n_cases // folds), 1, -1):
+        strata = cohort.strata(bins)
+        if strata.value_counts().min() >= folds:
+            return strata
+    return cohort.strata(1)
 
 
 def make_splits(cohort: Cohort, settings: SplitSettings) -> pd.DataFrame:

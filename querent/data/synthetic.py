@@ -55,10 +55,11 @@ def write_synthetic_cohort(
 
     Every fifth case has two slides. Labels alternate between ``neg`` and ``pos``; ``pos``
     slides have twice the share of signal patches. Survival times are exponential with a rate
-    that grows with the label; 75% of cases have an event.
+    that grows with the label; 75% of cases have an event. ``signal_share``, a regression
+    target, is the share of the case's patches (over its slides) that carry the signal.
 
     Returns:
-        The cohort sheet (columns ``slide_id, case_id, label, time, event``).
+        The cohort sheet (columns ``slide_id, case_id, label, time, event, signal_share``).
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -69,6 +70,7 @@ def write_synthetic_cohort(
         label = ("neg", "pos")[case % 2]
         time = round(float(rng.exponential(40.0 if label == "neg" else 15.0)) + 1.0, 2)
         event = int(rng.random() < 0.75)
+        slide_ids, n_carriers, n_total = [], 0, 0
         for slide in range(2 if case % 5 == 4 else 1):
             slide_id = f"syn_{case:03d}_{slide}"
             n = int(rng.integers(*n_patches))
@@ -78,8 +80,12 @@ def write_synthetic_cohort(
             carriers = rng.random(n) < share
             features[carriers] += signal * direction.astype(np.float32)
             _write_bag(out_dir / "features" / f"{slide_id}.h5", features, cells, encoder)
-            rows.append((slide_id, f"case_{case:03d}", label, time, event))
-    return _write_table(rows, ["slide_id", "case_id", "label", "time", "event"], out_dir)
+            slide_ids.append(slide_id)
+            n_carriers, n_total = n_carriers + int(carriers.sum()), n_total + n
+        share = round(n_carriers / n_total, 4)
+        rows += [(s, f"case_{case:03d}", label, time, event, share) for s in slide_ids]
+    columns = ["slide_id", "case_id", "label", "time", "event", "signal_share"]
+    return _write_table(rows, columns, out_dir)
 
 
 def _write_bag(

@@ -5,7 +5,9 @@ its task is computed once on the pooled out-of-fold case-level predictions, with
 bootstrap confidence interval of the same cases; the mean and standard deviation over the
 folds' own metrics stand beside it. With a few cases per fold a fold's AUC is 1.0 or 0.0 by
 chance, so its mean says little: a demo fold of 3 cases scored "1.000 ± 0.000" for a model
-whose pooled AUC was 0.643.
+whose pooled AUC was 0.643. A run trained with several seeds reports the mean over seeds and
+their spread, and every two runs of a task are compared case by case
+(:mod:`querent.engine.compare`).
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ import pandas as pd
 
 from extractors.errors import FileFormatError
 from extractors.io import atomic_path
-from querent.engine.metrics import (
-    METRICS,
-    bootstrap_ci,
-    case_level,
-    class_names,
-    compute_metrics,
-    task_of,
+from querent.engine.compare import (
+    SeedTables,
+    comparison_table,
+    percentile_interval,
+    seed_mean_metrics,
+    seed_tables,
 )
+from querent.engine.metrics import METRICS, case_level, class_names, compute_metrics, task_of
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
-BASE_COLUMNS = ("model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases")
-STATISTICS = ("pooled", "ci_low", "ci_high", "mean", "std")
+BASE_COLUMNS = ("model", "encoder", "task", "n_cases", "n_folds", "n_seeds", "min_fold_cases")
+STATISTICS = ("pooled", "ci_low", "ci_high", "mean", "std", "seed_std")
 #: Fewer held-out cases than this in a fold make its metrics too coarse to average (a
 #: warning; the pooled metric is the headline either way).
 MIN_FOLD_CASES = 10
@@ -44,7 +46,7 @@ def summary_columns(tasks: Sequence[str]) -> list[str]:
 
     Metrics come in ``METRICS`` order (tasks in that order too, whatever the order of
     ``tasks``), each as ``{metric}_pooled, {metric}_ci_low, {metric}_ci_high, {metric}_mean,
-    {metric}_std``.
+    {metric}_std, {metric}_seed_std``.
     """
     metrics = [metric for task in METRICS if task in tasks for metric in METRICS[task]]
     return [*BASE_COLUMNS, *(f"{metric}_{stat}" for metric in metrics for stat in STATISTICS)]
@@ -95,105 +97,121 @@ def _fold_statistics(values: list[float], metric: str, model: str) -> tuple[floa
 def summarize_run(
     model: str,
     encoder: str,
-    fold_predictions: list[pd.DataFrame],
+    seed_folds: Sequence[Sequence[pd.DataFrame]],
     *,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """One summary row of a run from its folds' slide-level predictions.
+    """One summary row of a run from its out-of-fold slide-level predictions.
 
     Args:
         model: Run name of the model (a key of the config's ``models``).
         encoder: Encoder whose features the model read.
-        fold_predictions: Each fold's out-of-fold predictions table.
+        seed_folds: Per training seed, each fold's out-of-fold predictions table.
         n_boot: Bootstrap resamples of the pooled cases.
         seed: Seed of the bootstrap.
 
     Returns:
-        ``{"model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases",
+        ``{"model", "encoder", "task", "n_cases", "n_folds", "n_seeds", "min_fold_cases",
         "{metric}_pooled", "{metric}_ci_low", "{metric}_ci_high", "{metric}_mean",
-        "{metric}_std", ...}``. ``pooled`` is the metric of the pooled case-level predictions
-        (a case in several folds is averaged over them), its 95% CI (at ``alpha=0.05``) a
-        bootstrap of the same cases; mean and std (ddof 1; NaN with one fold) are over the
-        folds' case-level metrics, leaving out folds where a metric is undefined.
-        ``n_cases`` counts the distinct pooled cases, ``min_fold_cases`` those of the smallest
-        fold (a warning when it is below :data:`MIN_FOLD_CASES`).
+        "{metric}_std", "{metric}_seed_std", ...}``. ``pooled`` is the metric of the pooled
+        case-level predictions (a case in several folds is averaged over them), averaged over
+        seeds; its 95% CI a bootstrap of the same cases (:mod:`querent.engine.compare`).
+        ``mean`` and ``std`` (ddof 1; NaN with one fold) are over every seed's folds, leaving
+        out folds where a metric is undefined; ``seed_std`` is the spread of the seeds' pooled
+        metrics (NaN with one seed). ``n_cases`` counts the distinct pooled cases,
+        ``min_fold_cases`` those of the smallest fold (a warning when it is below
+        :data:`MIN_FOLD_CASES`).
 
     Raises:
-        ValueError: No folds, or folds of different tasks or classes.
+        ValueError: No folds, folds of different tasks or classes, or seeds that predicted
+            different cases.
     """
-    if not fold_predictions:
-        raise ValueError(f"run {model} / {encoder} has no folds to summarize")
-    tasks = {task_of(fold) for fold in fold_predictions}
-    if len(tasks) > 1:
-        raise ValueError(f"the folds of {model} / {encoder} mix tasks: {sorted(tasks)}")
-    task = tasks.pop()
-    if task == "classification":
-        classes = {tuple(class_names(fold)) for fold in fold_predictions}
+    return _row(seed_tables(model, encoder, seed_folds), seed_folds, n_boot=n_boot, seed=seed)
+
+
+def _row(
+    run: SeedTables, seed_folds: Sequence[Sequence[pd.DataFrame]], *, n_boot: int, seed: int
+) -> dict:
+    """The summary row of :func:`summarize_run` from the run's pooled tables and its folds."""
+    folds = [fold for seed_run in seed_folds for fold in seed_run]
+    if run.task == "classification":
+        classes = {tuple(class_names(fold)) for fold in folds}
         if len(classes) > 1:
-            raise ValueError(f"the folds of {model} / {encoder} differ in classes: {classes}")
-    fold_cases = [case_level(fold) for fold in fold_predictions]
+            raise ValueError(f"the folds of {run.name} differ in classes: {classes}")
+    fold_cases = [case_level(fold) for fold in folds]
     per_fold = [compute_metrics(cases) for cases in fold_cases]
-    pooled = case_level(pd.concat(fold_predictions, ignore_index=True))
-    pooled_metrics = compute_metrics(pooled)
-    intervals = bootstrap_ci(pooled, n_boot=n_boot, seed=seed)
+    pooled, seed_std = seed_mean_metrics(run.tables)
+    samples = run.samples(run.case_ids, n_boot, seed)
     smallest = min(len(cases) for cases in fold_cases)
     if smallest < MIN_FOLD_CASES:
         logger.warning(
-            "%s / %s: a fold holds only %d held-out cases, too few for a stable fold metric; "
-            "read the pooled out-of-fold metric and its CI, not the mean over folds",
-            model, encoder, smallest,
+            "%s: a fold holds only %d held-out cases, too few for a stable fold metric; read "
+            "the pooled out-of-fold metric and its CI, not the mean over folds",
+            run.name, smallest,
         )  # fmt: skip
     row: dict = {
-        "model": model,
-        "encoder": encoder,
-        "task": task,
-        "n_cases": len(pooled),
-        "n_folds": len(fold_predictions),
+        "model": run.model,
+        "encoder": run.encoder,
+        "task": run.task,
+        "n_cases": len(run.case_ids),
+        "n_folds": len(seed_folds[0]),
+        "n_seeds": len(seed_folds),
         "min_fold_cases": smallest,
     }
-    for metric in METRICS[task]:
-        if math.isnan(pooled_metrics[metric]):
+    for metric in METRICS[run.task]:
+        if math.isnan(pooled[metric]):
             logger.warning(
-                "%s of %s / %s is undefined on the pooled out-of-fold cases (a class without "
-                "cases, or no events?)",
-                metric, model, encoder,
+                "%s of %s is undefined on the pooled out-of-fold cases (a class without cases, "
+                "or no events?)",
+                metric, run.name,
             )  # fmt: skip
-        mean, std = _fold_statistics([fold[metric] for fold in per_fold], metric, model)
-        low, high = intervals[metric]
+        mean, std = _fold_statistics([fold[metric] for fold in per_fold], metric, run.model)
+        low, high = percentile_interval(samples[metric])
         row |= {
-            f"{metric}_pooled": pooled_metrics[metric],
+            f"{metric}_pooled": pooled[metric],
             f"{metric}_ci_low": low,
             f"{metric}_ci_high": high,
             f"{metric}_mean": mean,
             f"{metric}_std": std,
+            f"{metric}_seed_std": seed_std[metric],
         }
     return row
 
 
 def aggregate(
-    runs: Sequence[tuple[str, str, Sequence[Path]]], *, n_boot: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """The summary table of runs, one row each (:func:`summarize_run`).
+    runs: Sequence[tuple[str, str, Sequence[Sequence[Path]]]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The summary table of runs, one row each (:func:`summarize_run`), and their comparisons.
 
     Args:
-        runs: ``(model, encoder, fold directories)``; each directory holds ``predictions.csv``.
-        n_boot: Bootstrap resamples per run.
-        seed: Seed of every run's bootstrap.
+        runs: ``(model, encoder, fold directories per seed)``; each directory holds
+            ``predictions.csv``.
+        n_boot: Bootstrap resamples per run (and per comparison).
+        seed: Seed of every bootstrap; runs on the same cases share their resamples.
 
     Returns:
-        Columns :func:`summary_columns` of the tasks present; a run's columns of another task
-        are NaN.
+        The summary (columns :func:`summary_columns` of the tasks present; a run's columns of
+        another task are NaN) and every pair of runs of one task compared on their common
+        cases (:func:`querent.engine.compare.comparison_table`).
 
     Raises:
         FileFormatError: A fold's ``predictions.csv`` is missing or unreadable.
     """
-    rows = []
-    for model, encoder, fold_dirs in runs:
-        folds = [read_predictions(Path(fold_dir) / PREDICTIONS_FILE) for fold_dir in fold_dirs]
-        rows.append(summarize_run(model, encoder, folds, n_boot=n_boot, seed=seed))
+    rows, pooled = [], []
+    for model, encoder, seed_dirs in runs:
+        seed_folds = [
+            [read_predictions(Path(fold_dir) / PREDICTIONS_FILE) for fold_dir in fold_dirs]
+            for fold_dirs in seed_dirs
+        ]
+        pooled.append(seed_tables(model, encoder, seed_folds))
+        rows.append(_row(pooled[-1], seed_folds, n_boot=n_boot, seed=seed))
     columns = summary_columns({row["task"] for row in rows})
-    return pd.DataFrame(rows, columns=columns)
+    summary = pd.DataFrame(rows, columns=columns)
+    return summary, comparison_table(pooled, n_boot=n_boot, seed=seed)
 
 
 def write_summary(table: pd.DataFrame, path: str | Path) -> None:
@@ -211,30 +229,39 @@ def format_summary(table: pd.DataFrame) -> str:
     """A table to print: per run and metric ``pooled [ci_low, ci_high]``, 3 decimals.
 
     The main metric of each task (the first of ``METRICS``) also gets its ``mean ± std`` over
-    folds; a run's cells for metrics of another task are empty. A first line says what the
-    numbers are; a last one warns when a fold held fewer than :data:`MIN_FOLD_CASES` cases.
+    folds and, where a run has several seeds, over seeds; a run's cells for metrics of another
+    task are empty. A first line says what the numbers are; a last one warns when a fold held
+    fewer than :data:`MIN_FOLD_CASES` cases.
     """
     tasks = [task for task in METRICS if f"{METRICS[task][0]}_pooled" in table.columns]
+    several_seeds = bool((table["n_seeds"] > 1).any())
     shown = table[["model", "encoder", "task", "n_cases"]].copy()
+
+    def cells(task: str, text) -> list[str]:
+        return [text(row) if row["task"] == task else "" for _, row in table.iterrows()]
+
     for task in tasks:
         for position, metric in enumerate(METRICS[task]):
-            shown[metric] = [
-                f"{row[f'{metric}_pooled']:.3f} "
-                f"[{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
-                if row["task"] == task
-                else ""
-                for _, row in table.iterrows()
-            ]
+            shown[metric] = cells(
+                task,
+                lambda row, m=metric: (
+                    f"{row[f'{m}_pooled']:.3f} "
+                    f"[{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]"
+                ),
+            )
             if position == 0:
-                shown[f"{metric} folds"] = [
-                    f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}"
-                    if row["task"] == task
-                    else ""
-                    for _, row in table.iterrows()
-                ]
+                shown[f"{metric} folds"] = cells(
+                    task, lambda row, m=metric: f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"
+                )
+            if position == 0 and several_seeds:
+                shown[f"{metric} seeds"] = cells(
+                    task,
+                    lambda row, m=metric: f"{row[f'{m}_pooled']:.3f} ± {row[f'{m}_seed_std']:.3f}",
+                )
+    seeds = " (mean over training seeds)" if several_seeds else ""
     lines = [
-        "Pooled out-of-fold case-level metrics [bootstrap 95% CI]; the main one's mean ± sd "
-        "over folds beside it:",
+        f"Pooled out-of-fold case-level metrics{seeds} [bootstrap 95% CI]; the main one's "
+        "mean ± sd over folds" + (" and over seeds" if several_seeds else "") + " beside it:",
         *(line.rstrip() for line in shown.to_string(index=False).splitlines()),
     ]
     small = table[table["min_fold_cases"] < MIN_FOLD_CASES]

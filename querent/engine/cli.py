@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extractors.errors import SettingsError
 from querent.schemas import CONFIG_SCHEMA
+
+if TYPE_CHECKING:
+    from querent.engine.runs import ModelRun
 
 #: The workflow's paths, the defaults of these commands (its rules write the same files).
 DEMO_SHEET = "resources/demo/cohort.csv"
@@ -60,8 +64,11 @@ def _experiment(args: argparse.Namespace):
     )
 
 
-def _run_dir(args: argparse.Namespace, root: str, encoder: str) -> Path:
-    return args.out_dir or Path(f"results/{root}/{args.model}/{encoder}/fold_{args.fold}")
+def _seed(args: argparse.Namespace, run: ModelRun | None) -> int:
+    """``--seed``, else the first of the run's ``training.seeds`` (0 for a run not configured)."""
+    if args.seed is not None:
+        return args.seed
+    return run.training.seeds[0] if run is not None else 0
 
 
 def run_splits(args: argparse.Namespace) -> None:
@@ -77,6 +84,7 @@ def run_splits(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     """Train one model run on one fold (resumes an interrupted run of the same settings)."""
+    from querent.engine.outputs import run_folder
     from querent.engine.train import train_fold
 
     experiment = _experiment(args)
@@ -85,13 +93,14 @@ def run_train(args: argparse.Namespace) -> None:
             f"no model run {args.model!r}; the config has {sorted(experiment.runs)}"
         )
     train_ids, val_ids, _ = experiment.fold(args.splits, args.fold)
+    seed = _seed(args, experiment.runs[args.model])
     path = train_fold(
-        experiment.runs[args.model],
+        experiment.runs[args.model].with_seed(seed),
         experiment.cohort,
         experiment.files,
         train_ids,
         val_ids,
-        _run_dir(args, "models", experiment.encoder),
+        args.out_dir or run_folder("models", args.model, experiment.encoder, seed, args.fold),
         encoder=experiment.encoder,
         fold=args.fold,
         device=args.device,
@@ -103,11 +112,14 @@ def run_train(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     """Evaluate one fold's model on the fold's held-out slides."""
     from querent.engine.evaluate import evaluate_fold
+    from querent.engine.outputs import run_folder
 
     experiment = _experiment(args)
     _, _, eval_ids = experiment.fold(args.splits, args.fold)
-    model = Path(f"results/models/{args.model}/{experiment.encoder}/fold_{args.fold}/model.pt")
-    out_dir = _run_dir(args, "eval", experiment.encoder)
+    run = experiment.runs.get(args.model)
+    seed = _seed(args, run)
+    model = run_folder("models", args.model, experiment.encoder, seed, args.fold) / "model.pt"
+    out_dir = args.out_dir or run_folder("eval", args.model, experiment.encoder, seed, args.fold)
     metrics = evaluate_fold(
         args.model_path or model,
         experiment.cohort,
@@ -130,7 +142,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
     models = []
     for path in args.models:
-        models += sorted(path.glob("fold_*/model.pt")) if path.is_dir() else [path]
+        models += sorted(path.glob("**/fold_*/model.pt")) if path.is_dir() else [path]
     features = []
     for path in args.features:
         features += sorted(path.glob("*.h5")) if path.is_dir() else [path]
@@ -161,6 +173,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="model run name (a key of `models`)")
     parser.add_argument("--fold", type=int, required=True, help="fold to hold out")
+    parser.add_argument(
+        "--seed", type=int, help="training seed (default: the first of training.seeds)"
+    )
     parser.add_argument(
         "--splits",
         type=Path,
@@ -221,7 +236,8 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
         "models",
         type=Path,
         nargs="+",
-        help="model.pt files, or a run folder (results/models/{model}/{encoder}) of fold_*/",
+        help="model.pt files, or a run folder (results/models/{model}/{encoder}) of "
+        "seed_*/fold_*/ (every seed's fold models are averaged)",
     )
     predict.add_argument(
         "--features", type=Path, nargs="+", required=True, help="feature files or folders"

@@ -1,6 +1,10 @@
-"""Losses for slide classification and survival.
+"""Losses for slide classification, survival and regression.
 
 Axes: ``b`` slides in a batch, ``c`` classes, ``j`` discrete time bins.
+
+Regression targets reach :func:`regression_loss` standardised (the training slides' mean and
+standard deviation, see :class:`~querent.engine.tasks.RegressionTask`), so Huber's ``delta`` of 1
+is one standard deviation whatever the target's unit.
 
 Survival targets are ``times`` (>= 0) and ``events`` (1 or True where death / progression was
 observed, 0 or False where the patient was censored at ``times``).
@@ -220,3 +224,37 @@ def cox_partial_nll(risk: torch.Tensor, times: torch.Tensor, events: torch.Tenso
     log_risk_set = log_tail[first_at_time]
     observed = events[order]
     return (log_risk_set - sorted_risk)[observed].mean()
+
+
+#: Losses of a continuous target (``training.regression_loss``).
+REGRESSION_LOSSES = ("mse", "huber")
+
+
+def regression_loss(
+    predicted: torch.Tensor, target: torch.Tensor, *, kind: str = "mse", delta: float = 1.0
+) -> torch.Tensor:
+    """Mean squared error, or Huber's loss (squared within ``delta``, linear beyond it).
+
+    Huber's loss grows linearly with large errors, so a few outlying targets pull the fit less
+    than under the squared error.
+
+    Args:
+        predicted: (b,) predictions.
+        target: (b,) true values, on the scale of ``predicted``.
+        kind: ``mse`` or ``huber``.
+        delta: Where Huber's loss turns from squared to linear.
+
+    Returns:
+        Scalar loss, the mean over the batch.
+    """
+    if predicted.ndim != 1 or target.shape != predicted.shape:
+        raise ValueError(
+            f"predicted and target must both be (b,), got {tuple(predicted.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    if kind not in REGRESSION_LOSSES:
+        raise ValueError(f"kind must be one of {REGRESSION_LOSSES}, got {kind!r}")
+    target = target.to(predicted)
+    if kind == "huber":
+        return F.huber_loss(predicted, target, delta=delta)
+    return F.mse_loss(predicted, target)

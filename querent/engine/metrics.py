@@ -6,11 +6,13 @@ A predictions table (``predictions.csv``, one per fold) has one row per evaluate
   the ``prob_`` columns, in the model's class order, sum to 1 per row.
 - survival: ``slide_id, case_id, time, event, risk`` (other columns ignored); a higher risk
   means a shorter expected survival.
+- regression: ``slide_id, case_id, target, prediction``, both numbers in the target's unit.
 
-Every metric comes from scikit-learn (AUC, balanced accuracy, macro F1, accuracy) or lifelines
-(Harrell's C-index); this module only picks their arguments. Undefined metrics (an AUC with one
-class, a C-index without a comparable pair) are NaN rather than errors, so one small fold or
-one unlucky bootstrap resample does not stop a run.
+Every metric comes from scikit-learn (AUC, balanced accuracy, macro F1, accuracy, R²), SciPy
+(Pearson's r, Spearman's rho) or lifelines (Harrell's C-index); this module only picks their
+arguments. Undefined metrics (an AUC with one class, a C-index without a comparable pair, a
+correlation with constant values) are NaN rather than errors, so one small fold or one unlucky
+bootstrap resample does not stop a run.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import pandas as pd
 import sklearn
 from lifelines.utils import concordance_index
 from numpy.typing import ArrayLike
+from scipy.stats import pearsonr, rankdata
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     f1_score,
+    r2_score,
     recall_score,
     roc_auc_score,
 )
@@ -39,25 +43,33 @@ logger = logging.getLogger(__name__)
 METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("auc", "balanced_accuracy", "f1_macro", "accuracy"),
     "survival": ("c_index",),
+    "regression": ("r2", "pearson", "spearman"),
 }
 
 PROB_PREFIX = "prob_"
 SURVIVAL_COLUMNS = ("time", "event", "risk")
+REGRESSION_COLUMNS = ("target", "prediction")
 
 
 def task_of(predictions: pd.DataFrame) -> str:
-    """``"classification"`` for a table with ``prob_`` columns, ``"survival"`` for one with risks.
+    """The task of a predictions table, from its columns.
+
+    ``"classification"`` with ``prob_`` columns, ``"regression"`` with a ``prediction`` column,
+    ``"survival"`` with ``time, event, risk``.
 
     Raises:
-        ValueError: Neither ``prob_<class>`` columns nor all of ``time, event, risk``.
+        ValueError: None of these.
     """
     if any(str(column).startswith(PROB_PREFIX) for column in predictions.columns):
         return "classification"
+    if REGRESSION_COLUMNS[1] in predictions.columns:
+        return "regression"
     if set(SURVIVAL_COLUMNS) <= set(predictions.columns):
         return "survival"
     raise ValueError(
-        "a predictions table needs prob_<class> columns (classification) or time, event and "
-        f"risk columns (survival); got {list(predictions.columns)}"
+        "a predictions table needs prob_<class> columns (classification), time, event and "
+        f"risk columns (survival) or a prediction column (regression); got "
+        f"{list(predictions.columns)}"
     )
 
 
@@ -71,18 +83,22 @@ def class_names(predictions: pd.DataFrame) -> list[str]:
 
 
 def _columns(predictions: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The target and score columns of a table: (truth | time, event) and (prob_* | risk)."""
-    if task_of(predictions) == "classification":
+    """The target and score columns of a table, by task."""
+    task = task_of(predictions)
+    if task == "classification":
         return ["truth"], [PROB_PREFIX + name for name in class_names(predictions)]
+    if task == "regression":
+        return ["target"], ["prediction"]
     return ["time", "event"], ["risk"]
 
 
 def case_level(predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per case: the mean of its slides' scores, sorted by ``case_id``.
 
-    Scores are the ``prob_`` columns (classification) or ``risk`` (survival); the targets
-    (``truth`` or ``time, event``) are the case's. ``slide_id`` and any other column (such as
-    ``hazard_*``) are dropped. A case-level table maps onto itself.
+    Scores are the ``prob_`` columns (classification), ``risk`` (survival) or ``prediction``
+    (regression); the targets (``truth``, ``time, event`` or ``target``) are the case's.
+    ``slide_id`` and any other column (such as ``hazard_*``) are dropped. A case-level table
+    maps onto itself.
 
     Raises:
         ValueError: No ``case_id`` column, or a case whose slides disagree on the target.
@@ -192,12 +208,62 @@ def survival_metrics(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> dict
     return {"c_index": c_index}
 
 
+def _regression_columns(target: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+    """R², Pearson's r and Spearman's rho of every column of two (n, m) arrays at once.
+
+    R² is scikit-learn's (``multioutput="raw_values"``), the correlations SciPy's
+    ``pearsonr`` along the rows; Spearman's rho is Pearson's r of the average ranks
+    (``rankdata``), as ``scipy.stats.spearmanr`` computes it. A column with fewer than two rows
+    or a constant target has every metric NaN; constant predictions have NaN correlations.
+    """
+    n, m = target.shape
+    if n < 2:
+        return {metric: np.full(m, np.nan) for metric in METRICS["regression"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant columns: NaN, as documented
+        columns = {
+            "r2": r2_score(target, predicted, multioutput="raw_values"),
+            "pearson": pearsonr(target, predicted, axis=0).statistic,
+            "spearman": pearsonr(
+                rankdata(target, axis=0), rankdata(predicted, axis=0), axis=0
+            ).statistic,
+        }
+    constant = np.ptp(target, axis=0) == 0
+    return {metric: np.where(constant, np.nan, values) for metric, values in columns.items()}
+
+
+def regression_metrics(target: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+    """R² (scikit-learn), Pearson's r and Spearman's rho (SciPy) of predictions of a number.
+
+    Args:
+        target: True values.
+        predicted: Predicted values, in the same unit.
+
+    Returns:
+        ``{metric: value}`` in the order of ``METRICS["regression"]``; every metric is NaN with
+        fewer than two samples or a constant target, the correlations with constant
+        predictions. R² below 0 means worse than predicting the mean.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if target.ndim != 1 or target.shape != predicted.shape:
+        raise ValueError(
+            f"target and predicted must be equally long vectors, got {target.shape} and "
+            f"{predicted.shape}"
+        )
+    columns = _regression_columns(target[:, None], predicted[:, None])
+    return {metric: float(values[0]) for metric, values in columns.items()}
+
+
 def compute_metrics(predictions: pd.DataFrame) -> dict[str, float]:
     """The metrics of the table's task (``METRICS``) on its rows, slides or cases alike."""
-    if task_of(predictions) == "classification":
+    task = task_of(predictions)
+    if task == "classification":
         classes = class_names(predictions)
         probs = predictions[[PROB_PREFIX + name for name in classes]].to_numpy(np.float64)
         return classification_metrics(predictions["truth"].astype(str), probs, classes)
+    if task == "regression":
+        return regression_metrics(predictions["target"], predictions["prediction"])
     return survival_metrics(predictions["time"], predictions["event"], predictions["risk"])
 
 
@@ -221,7 +287,8 @@ def resample_metrics(case_predictions: pd.DataFrame, indices: np.ndarray) -> pd.
     """The metrics of many resamples of a table at once.
 
     Equal to :func:`compute_metrics` on ``case_predictions.iloc[indices[b]]`` for every ``b``
-    (a test says so), but faster: macro F1 and balanced accuracy come from one
+    (a test says so), but faster: regression metrics come from one call per metric over the
+    (n, resamples) columns; macro F1 and balanced accuracy come from one
     ``f1_score`` / ``recall_score`` call over the one-vs-rest columns of every resample
     (``average=None``, absent classes NaN), averaged per resample over the classes that
     scikit-learn's ``average="macro"`` and ``balanced_accuracy_score`` average over.
@@ -244,6 +311,11 @@ def resample_metrics(case_predictions: pd.DataFrame, indices: np.ndarray) -> pd.
             time, event, risk = (case_predictions[c].to_numpy(np.float64) for c in SURVIVAL_COLUMNS)
             rows = [survival_metrics(time[i], event[i], risk[i]) for i in indices]
             return pd.DataFrame(rows, columns=list(METRICS[task]))
+        if task == "regression":
+            target, predicted = (
+                case_predictions[c].to_numpy(np.float64)[indices.T] for c in REGRESSION_COLUMNS
+            )
+            return pd.DataFrame(_regression_columns(target, predicted))
         classes = class_names(case_predictions)
         probs = case_predictions[[PROB_PREFIX + name for name in classes]].to_numpy(np.float64)
         truth = _class_indices(case_predictions["truth"].astype(str), classes)

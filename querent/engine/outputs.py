@@ -1,4 +1,4 @@
-"""Files of the evaluation: predictions.csv and metrics.json (atomic).
+"""Where a training's files go, and the files of the evaluation: predictions.csv, metrics.json.
 
 attention.h5 is written by :func:`extractors.io.write_attention` (its format is described there).
 """
@@ -14,6 +14,11 @@ import numpy as np
 import pandas as pd
 
 from extractors.io import atomic_path
+
+
+def run_folder(stage: str, model: str, encoder: str, seed: int, fold: int) -> Path:
+    """``results/{stage}/{model}/{encoder}/seed_{seed}/fold_{fold}`` (stage: models or eval)."""
+    return Path("results", stage, model, encoder, f"seed_{seed}", f"fold_{fold}")
 
 
 def write_predictions(table: pd.DataFrame, path: str | Path) -> None:

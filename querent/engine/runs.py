@@ -31,7 +31,7 @@ _DATA_ARGUMENTS = {"in_dim", "n_outputs"}
 #: How a bag bigger than ``max_patches`` is cut (:class:`~querent.data.bags.BagDataset`).
 SUBSETS = ("random", "crop")
 #: Learning rates of the paper when ``lr`` is not set.
-DEFAULT_LR = {"classification": 1e-4, "survival": 2e-4}
+DEFAULT_LR = {"classification": 1e-4, "survival": 2e-4, "regression": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class TrainSettings:
     epochs: int = field(default=50, metadata={"help": "training epochs (the paper: 50)"})
     lr: float | None = field(
         default=None,
-        metadata={"help": "AdamW learning rate; null: 1e-4 classification, 2e-4 survival"},
+        metadata={
+            "help": "AdamW learning rate; null: 1e-4 classification and regression, 2e-4 survival"
+        },
     )
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(
@@ -76,11 +78,27 @@ class TrainSettings:
         default="discrete", metadata={"help": "discrete (NLL over time bins) | cox"}
     )
     survival_bins: int = field(default=4, metadata={"help": "time bins of the discrete loss"})
-    seed: int = field(default=0, metadata={"help": "seed of weights, order and patch subsets"})
+    regression_loss: str = field(
+        default="mse",
+        metadata={"help": "mse | huber (regression, on targets standardised by the training set)"},
+    )
+    seeds: tuple[int, ...] = field(
+        default=(0,),
+        metadata={
+            "help": "seeds of weights, order and patch subsets; every fold is trained once per "
+            "seed (results/models/{model}/{encoder}/seed_{s}/fold_{k})"
+        },
+    )
 
     def __post_init__(self) -> None:
-        """Reject settings that cannot train."""
+        """Reject settings that cannot train; seeds become a tuple of ints."""
         problems = []
+        seeds = (self.seeds,) if isinstance(self.seeds, int) else tuple(self.seeds or ())
+        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            problems.append(f"seeds must be a list of integers >= 0, got {self.seeds!r}")
+        elif len(set(seeds)) < len(seeds):
+            problems.append(f"seeds lists a seed twice: {list(seeds)}")
+        object.__setattr__(self, "seeds", seeds)
         if self.epochs < 1 or self.batch_size < 1:
             problems.append("epochs and batch_size must be >= 1")
         if self.lr is not None and self.lr <= 0:
@@ -97,6 +115,8 @@ class TrainSettings:
             problems.append(f"scheduler must be cosine or constant, got {self.scheduler!r}")
         if self.survival_loss not in ("discrete", "cox"):
             problems.append(f"survival_loss must be discrete or cox, got {self.survival_loss!r}")
+        if self.regression_loss not in ("mse", "huber"):
+            problems.append(f"regression_loss must be mse or huber, got {self.regression_loss!r}")
         if problems:
             raise SettingsError("training: " + "; ".join(problems))
 
@@ -108,6 +128,8 @@ class TrainSettings:
             return create_task(
                 "classification", classes=cohort.classes, class_weights=self.class_weights
             )
+        if cohort.task == "regression":
+            return create_task("regression", loss=self.regression_loss)
         if self.survival_loss == "cox":
             task = create_task("cox")
             if self.batch_size < task.min_batch:
@@ -118,6 +140,11 @@ class TrainSettings:
                 )
             return task
         return create_task("survival", n_bins=self.survival_bins)
+
+    @property
+    def seed(self) -> int:
+        """The seed of a single training (a run for one seed: :meth:`ModelRun.with_seed`)."""
+        return self.seeds[0]
 
     def resolved_lr(self, cohort_task: str) -> float:
         """The learning rate: ``lr`` or the paper's default for the task."""
@@ -154,6 +181,10 @@ class ModelRun:
     arch: str
     model: dict
     training: TrainSettings
+
+    def with_seed(self, seed: int) -> ModelRun:
+        """The run trained with one of its seeds (a training job)."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, seeds=(seed,)))
 
     def to_dict(self) -> dict:
         """Plain data (checkpoints, resume signatures)."""
@@ -206,6 +237,11 @@ def model_run(
             f"{where}: arch {arch!r} is not a model; choose one of: {', '.join(sorted(arguments))}"
         )
     overrides = spec.pop("training", None) or {}
+    if "seeds" in overrides:
+        raise SettingsError(
+            f"{where}.training.seeds: seeds are shared by every run (their folds are compared "
+            "case by case). Fix: set training.seeds, not a run's."
+        )
     valid = list(arguments[arch])
     unknown = sorted(set(spec) - set(valid))
     if unknown:

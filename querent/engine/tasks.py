@@ -8,9 +8,13 @@ A task carries everything task-specific, so the training loop has no ``if task =
   PORPOISE / MCAT); ``risk`` column (minus the summed survival) and ``hazard_<j>`` columns.
 - ``cox``: one log hazard ratio, Cox partial likelihood over the slides of a batch (the risk
   set), so batches need several slides; ``risk`` column.
+- ``regression``: one output, the value standardised by the training slides' mean and standard
+  deviation; squared error or Huber's loss; ``prediction`` column in the target's unit; main
+  metric R².
 
 Built by name (``create_task``); ``fit`` sets what depends on the training set (class weights,
-bin edges), and ``state`` / ``from_state`` carry it into a checkpoint as plain data.
+bin edges, the target's mean and scale), and ``state`` / ``from_state`` carry it into a
+checkpoint as plain data.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import torch
 from extractors.errors import SettingsError
 from querent.data.cohort import Cohort
 from querent.engine.losses import (
+    REGRESSION_LOSSES,
     balanced_class_weights,
     cox_partial_nll,
     cross_entropy,
     discrete_time_nll,
     quantile_bin_edges,
+    regression_loss,
     risk_from_discrete,
     time_to_bin,
 )
@@ -37,7 +43,8 @@ class Task:
 
     Attributes:
         name: Registry name.
-        cohort_task: ``classification`` or ``survival`` (the cohort sheet it needs).
+        cohort_task: ``classification``, ``survival`` or ``regression`` (the cohort sheet it
+            needs).
         main_metric: Metric for model selection (higher is better).
         min_batch: Fewest slides a batch needs for the loss to be defined.
     """
@@ -225,11 +232,74 @@ class CoxTask(_SurvivalTask):
         return {"risk": logits[:, 0].float().cpu().numpy()}
 
 
+class RegressionTask(Task):
+    """A continuous target: the model predicts it standardised, the table in its own unit.
+
+    Standardising by the training slides' mean and standard deviation keeps the head's output
+    near 0 and the loss's scale (and Huber's ``delta``) the same whatever the target's unit.
+
+    Args:
+        loss: ``mse`` or ``huber`` (``delta`` one standard deviation).
+    """
+
+    name = cohort_task = "regression"
+    main_metric = "r2"
+
+    def __init__(self, *, loss: str = "mse") -> None:
+        if loss not in REGRESSION_LOSSES:
+            raise SettingsError(
+                f"regression_loss must be one of {', '.join(REGRESSION_LOSSES)}, got {loss!r}"
+            )
+        self.loss_kind = loss
+        self.mean: float | None = None
+        self.scale: float | None = None
+
+    @property
+    def n_outputs(self) -> int:  # noqa: D102
+        return 1
+
+    def fit(self, cohort: Cohort) -> None:
+        """The training slides' mean and standard deviation (1 where every value is equal)."""
+        values = cohort.targets(cohort.slide_ids)
+        self.mean = float(np.mean(values))
+        self.scale = float(np.std(values)) or 1.0
+
+    def _fitted(self) -> tuple[float, float]:
+        if self.mean is None or self.scale is None:
+            raise RuntimeError("fit the task on the training cohort first")
+        return self.mean, self.scale
+
+    def targets(self, cohort, slide_ids):  # noqa: D102
+        return {"target": torch.tensor(cohort.targets(slide_ids), dtype=torch.float32)}
+
+    def loss(self, logits, targets):  # noqa: D102
+        mean, scale = self._fitted()
+        standardised = (targets["target"].to(logits.device) - mean) / scale
+        return regression_loss(logits[:, 0], standardised, kind=self.loss_kind)
+
+    def prediction_columns(self, logits):  # noqa: D102
+        mean, scale = self._fitted()
+        return {"prediction": mean + scale * logits[:, 0].double().cpu().numpy()}
+
+    def truth_columns(self, cohort, slide_ids):  # noqa: D102
+        return {"target": list(cohort.targets(slide_ids))}
+
+    def state(self) -> dict:  # noqa: D102
+        return {"name": self.name, "loss": self.loss_kind, "mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RegressionTask:  # noqa: D102
+        task = cls(loss=state["loss"])
+        task.mean, task.scale = state["mean"], state["scale"]
+        return task
+
+
 #: Tasks by name, each built from the cohort and the training settings.
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "survival": DiscreteSurvivalTask,
     "cox": CoxTask,
+    "regression": RegressionTask,
 }
 
 

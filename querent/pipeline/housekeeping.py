@@ -163,3 +163,23 @@ def gpu_job_limit(given: int | None, devices: int | None = None) -> tuple[int | 
             "this."
         )
     return None, None
+
+
+def unseeded_runs(results: Path = Path("results")) -> list[str]:
+    """Notes on model runs trained before repeated seeds, in ``{model}/{encoder}/fold_{k}``.
+
+    Their folds now live in ``seed_{s}/fold_{k}``; moving them there keeps them (trained with
+    ``training.seed: s``), else they are trained anew.
+    """
+    runs = sorted({p.parent for p in results.glob("models/*/*/fold_*/model.pt")})
+    if not runs:
+        return []
+    listed = ", ".join(str(run) for run in runs[:3]) + (", ..." if len(runs) > 3 else "")
+    return [
+        f"{len(runs)} model runs were trained before repeated seeds ({listed}): runs now live in "
+        "{model}/{encoder}/seed_{s}/fold_{k}, so they are trained again. To keep them, move each "
+        "run's fold_* folders, in results/models and results/eval, into a seed_0 folder (their "
+        "seed, training.seed in the old config, is 0 unless you set it), e.g. "
+        "`mkdir results/models/abmil/uni_v2/seed_0 && mv results/models/abmil/uni_v2/fold_* "
+        "results/models/abmil/uni_v2/seed_0/`."
+    ]

@@ -18,6 +18,9 @@ from jsonschema import Draft202012Validator
 
 from extractors.demo import DEMO_MPP, demo_cohort
 from extractors.errors import QuerentError
+from extractors.stain import feature_sets, split_feature_set, stain_findings, stain_methods
+from extractors.wsi.annotation_files import plan_annotations
+from extractors.wsi.annotations import AnnotationSettings
 from extractors.wsi.discovery import (
     SlideEntry,
     discover_slides,
@@ -250,6 +253,36 @@ def tileable(
     return {slide: entry for slide, entry in slides.items() if slide not in finer}
 
 
+def check_annotations(
+    config: Mapping,
+    inputs: Inputs,
+    slides: Mapping[str, SlideEntry],
+    cache: Path,
+    findings: Findings,
+) -> dict[str, Path]:
+    """Slide id -> its annotation file (``slides.annotations``), each file checked."""
+    section = config["slides"]
+    if not section["annotations"]:
+        if section["annotation_include"] or section["annotation_exclude"]:
+            findings.notes.append(
+                "slides.annotation_include/_exclude do nothing while slides.annotations is empty."
+            )
+        return {}
+    if inputs.own_features:
+        findings.problems.append(
+            "slides.annotations is set, but features.dir is set too: no slide is segmented. "
+            "Fix: empty one of them."
+        )
+        return {}
+    settings = findings.check(AnnotationSettings.from_config, section)
+    if settings is None:
+        return {}
+    files, problems, notes = plan_annotations(section["annotations"], settings, slides, cache)
+    findings.problems += problems
+    findings.notes += notes
+    return files
+
+
 def slide_batches(slides: Mapping[str, SlideEntry], per_job: int) -> dict[str, list[str]]:
     """Batch name (``b0000``, ...) -> slide ids of one feature extraction job, in id order."""
     ordered = sorted(slides)
@@ -282,6 +315,9 @@ def check_settings(config: Mapping, encoders: list[str], inputs: Inputs, finding
             f"features.checkpoint names encoders that features.encoder does not list: "
             f"{format_items(sorted(set(weights) - set(encoders)))}. Fix the names."
         )
+    problems, notes = stain_findings(features, own_features=inputs.own_features)
+    findings.problems += problems
+    findings.notes += notes
     cohort = config["cohort"]
     if cohort["task"] == "survival" and cohort["classes"] is not None:
         findings.problems.append(
@@ -411,12 +447,13 @@ def check_registries(
     Args:
         config: The workflow's config.
         inputs: The run's input (with ``features.dir`` no encoder runs).
-        encoders: The run's encoders.
+        encoders: The run's feature sets (encoder names, with a stain method or not).
         registries: What :mod:`querent.pipeline.registries` reads.
         findings: Where problems go.
     """
     known = registries["encoders"]
     tiling = config["tiling"]
+    encoders = list(dict.fromkeys(split_feature_set(name)[0] for name in encoders))
     for encoder in [] if inputs.own_features else encoders:
         if encoder not in known:
             findings.problems.append(
@@ -467,7 +504,9 @@ class Plan:
 
     Attributes:
         inputs: Where the data comes from.
-        encoders: The run's encoders, in the config's order.
+        encoders: The run's feature sets, in the config's order: each encoder's name, with
+            ``-{method}`` for stain-normalised patches (``features.stain_norm``); they name the
+            features' folders and stand for the encoder in every path after extraction.
         demo_cohort: The demo's sheet as a table (labels of the demo slides).
         slide_files: Every slide of the input, by id.
         metadata_mpp: µm/px from the metadata of each slide without an override (None: none
@@ -475,6 +514,7 @@ class Plan:
         slides: The slides this run processes (the others are left out, see ``left_out``).
         batches: Slides of each feature extraction job, by batch name.
         train_slides: Slides that train and evaluate (empty: the run stops at features).
+        annotations: The annotation file of each slide that has one (``slides.annotations``).
     """
 
     inputs: Inputs
@@ -485,6 +525,7 @@ class Plan:
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     batches: dict[str, list[str]] = field(default_factory=dict)
     train_slides: list[str] = field(default_factory=list)
+    annotations: dict[str, Path] = field(default_factory=dict)
 
     @property
     def left_out(self) -> list[str]:
@@ -510,6 +551,16 @@ class Plan:
             "mpp_default": config["slides"]["mpp_default"] if lacks_mpp else None,
         }
 
+    def annotation_input(self, slide: str) -> list[str]:
+        """The slide's annotation file as a segmentation input ([] for none)."""
+        return [str(self.annotations[slide])] if slide in self.annotations else []
+
+    def annotation_params(self, config: Mapping, slide: str) -> dict | None:
+        """How the slide's annotations apply (None without a file: no other slide re-runs)."""
+        if slide not in self.annotations:
+            return None
+        return AnnotationSettings.from_config(config["slides"]).params()
+
 
 def plan_workflow(
     config: Mapping,
@@ -527,7 +578,8 @@ def plan_workflow(
         config: The workflow's config (validated against the schema).
         demo_slides: Path of a demo slide, with ``{slide}``.
         where: Where the cohort's files are.
-        mpp_cache: Cache file of the slides' metadata MPP.
+        mpp_cache: Cache file of the slides' metadata MPP; the annotation files' classes are
+            cached beside it (``annotations.json``).
         findings: Where problems and notes go.
     """
     inputs = choose_inputs(config, findings)
@@ -535,6 +587,7 @@ def plan_workflow(
     table = demo_cohort(demo["n_slides"], demo["seed"])
     encoders = config_encoders(config)
     check_settings(config, encoders, inputs, findings)
+    sets = feature_sets(encoders, stain_methods(config["features"]["stain_norm"]))
     paths = {slide: Path(demo_slides.format(slide=slide)) for slide in table["slide_id"]}
     slide_files = apply_per_slide(
         config, load_slides(config, inputs, paths, findings), inputs, findings
@@ -545,11 +598,14 @@ def plan_workflow(
     slides = tileable(config, slide_files, level0_mpps(config, slide_files, metadata), findings)
     return Plan(
         inputs=inputs,
-        encoders=encoders,
+        encoders=sets,
         demo_cohort=table,
         slide_files=slide_files,
         metadata_mpp=metadata,
         slides=slides,
         batches=slide_batches(slides, config["features"]["slides_per_job"]),
-        train_slides=check_cohort(config, inputs, where, slides, table, encoders, findings),
+        train_slides=check_cohort(config, inputs, where, slides, table, sets, findings),
+        annotations=check_annotations(
+            config, inputs, slide_files, mpp_cache.with_name("annotations.json"), findings
+        ),
     )

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from querent.plots.style import OKABE_ITO, new_figure, styled
 
 #: The value of a metric for a model that guesses, where it does not depend on the classes.
-CHANCE: dict[str, float] = {"auc": 0.5, "c_index": 0.5, "balanced_accuracy": 0.5}
+CHANCE: dict[str, float] = {"auc": 0.5, "c_index": 0.5, "balanced_accuracy": 0.5, "r2": 0.0}
 
 
 @styled
@@ -77,7 +77,9 @@ def summary_figure(summary: pd.DataFrame, metric: str) -> Figure:
         ax.axvline(CHANCE[metric], color="grey", linestyle="--", linewidth=1.0, label="chance")
     ax.set_yticks(rows, labels)
     ax.grid(False, axis="y")
-    ax.set_xlim(0.0, max(1.0, float(np.nanmax(np.concatenate([high, pooled, fold_mean])))) * 1.02)
+    drawn = np.concatenate([low, high, pooled, fold_mean])
+    left = min(0.0, float(np.nanmin(drawn)) * 1.02)  # a negative R² is drawn, not cut off
+    ax.set_xlim(left, max(1.0, float(np.nanmax(drawn))) * 1.02)
     ax.set_xlabel(metric)
     ax.set_ylabel("model (encoder)")
     ax.set_title(f"{metric} per model run (pooled out-of-fold cases)")

@@ -1,12 +1,15 @@
 """The tiny workflow submitted to a real SLURM cluster through profiles/slurm, against a local run.
 
-The SLURM run starts from its own copy of the workflow with the committed tiny config; it must
-produce the files of the session's local tiny run (``tiny_run``; exports that other tests add
-there aside), bit-identical features and identical models' results.
+The SLURM run finishes a copy of the session's local tiny run (``tiny_run``) from which one
+slide's tissue, patches and features and every model output were removed, so that every kind
+of job (per-slide, GPU, training, evaluation, plots) goes through SLURM, at a third of the jobs
+of a run from scratch. It must give the local run's files back: the same file set (exports that
+other tests add to the local run aside), bit-identical features and identical results.
 """
 
 import json
 import re
+import shutil
 import subprocess
 import time
 
@@ -15,11 +18,21 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import ROOT, snakemake, workflow_copy
+from tests.helpers import ROOT, snakemake
 
 pytestmark = pytest.mark.slurm
 
 PROFILE = "profiles/slurm/config.yaml"
+#: Exports that tests/workflow add to the local run; not part of the tiny config's run.
+EXPORTS = ("clam", "stamp")
+#: The slide whose per-slide outputs the SLURM run makes anew, and what it removes of it.
+SLIDE = "demo_000"
+REMOVED = (
+    f"results/tissue/{SLIDE}.geojson", f"results/coords/{SLIDE}.h5",
+    f"results/features/efficientnet_lite0/{SLIDE}.h5", "results/models", "results/eval",
+    "results/plots", "results/heatmaps", "results/top_patches", "results/provenance.tsv",
+    "results/qc/summary.tsv",
+)  # fmt: skip
 SLURM_ARGS = (
     "--workflow-profile", "profiles/slurm",
     # No job accounting on the test cluster: squeue lists finished jobs for MinJobAge.
@@ -61,7 +74,11 @@ def _submitted_rules():
 
 def test_tiny_workflow_on_slurm_equals_the_local_run(slurm_cluster, tiny_run, tmp_path):
     local, _ = tiny_run
-    on_slurm = workflow_copy(tmp_path / "slurm")
+    on_slurm = tmp_path / "slurm"
+    shutil.copytree(local, on_slurm, symlinks=True, ignore=shutil.ignore_patterns(*EXPORTS))
+    for name in REMOVED:
+        path = on_slurm / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     _for_test_cluster(on_slurm, slurm_cluster.partition)
 
     slurm_s, output = _timed_run(on_slurm, *SLURM_ARGS, cluster=slurm_cluster)
@@ -78,11 +95,11 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(slurm_cluster, tiny_run, tm
         rule for rule, res in profile["set-resources"].items() if res["slurm_partition"] == "gpu"
     }
     submitted_rules, gpu_rules = _submitted_rules()
+    assert {"segment_tissue", "tile_slide", "aggregate_metrics"} <= submitted_rules
     assert {"extract_features", "train_model", "evaluate_model"} <= gpu_rules
     assert gpu_rules == to_gpus & submitted_rules
 
-    exports = ("clam", "stamp")  # added to the local run by tests/workflow
-    files = {p for p in _results(local) if p.parts[1] not in exports}
+    files = {p for p in _results(local) if p.parts[1] not in EXPORTS}
     slurm_files = _results(on_slurm)
     assert slurm_files == files, (
         f"only local: {sorted(files - slurm_files)}\nonly on SLURM: {sorted(slurm_files - files)}"

@@ -37,6 +37,22 @@ def test_heatmap_slides_of_survival_come_from_each_risk_group():
     assert len(chosen) == 4
 
 
+def test_heatmap_slides_of_a_regression_are_the_highest_and_lowest_predicted():
+    predictions = pd.DataFrame(
+        {
+            "slide_id": list("abcde"),
+            "case_id": list("abcde"),
+            "target": [1.0, 2, 3, 4, 5],
+            "prediction": [2.0, 9, 1, 4, 5],
+        }
+    )
+    chosen = heatmap_slides(predictions, 2, ["d"])
+    assert chosen[["slide_id", "group", "why"]].values.tolist() == [
+        ["b", "predicted", "highest"], ["e", "predicted", "highest"],
+        ["c", "predicted", "lowest"], ["a", "predicted", "lowest"], ["d", "", "listed"],
+    ]  # fmt: skip
+
+
 def test_plot_settings_take_config_lists():
     settings = PlotSettings(formats=["png"], heatmap_slides=["s1"])
     assert settings.formats == ("png",) and settings.heatmap_slides == ("s1",)

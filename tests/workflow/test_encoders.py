@@ -23,7 +23,7 @@ def test_adding_an_encoder_runs_only_its_own_jobs(tiny_run, tmp_path):
     shutil.copytree(done, project, symlinks=True)
     weights = tmp_path / "resnet50.safetensors"
     save_file(timm.create_model("resnet50", pretrained=False).state_dict(), str(weights))
-    first_model = project / "results/models/querent/efficientnet_lite0/fold_0/model.pt"
+    first_model = project / "results/models/querent/efficientnet_lite0/seed_0/fold_0/model.pt"
     kept = first_model.read_bytes()
 
     config = {"features": {"encoder": ENCODERS, "checkpoint": {"resnet50_trunc": str(weights)}}}

@@ -21,7 +21,7 @@ from tests.helpers import job_counts, snakemake, snakemake_command, workflow_cop
 pytestmark = pytest.mark.integration
 
 FEATURES = "results/features/efficientnet_lite0"
-MODELS = "results/models/{model}/efficientnet_lite0/fold_{fold}"
+MODELS = "results/models/{model}/efficientnet_lite0/seed_0/fold_{fold}"
 RUNS = [(model, fold) for model in ("querent", "abmil") for fold in (0, 1)]
 
 
@@ -52,7 +52,7 @@ def _features(project: Path, slide: str) -> np.ndarray:
 
 
 def _metrics(project: Path, model: str, fold: int) -> dict:
-    path = project / f"results/eval/{model}/efficientnet_lite0/fold_{fold}/metrics.json"
+    path = project / f"results/eval/{model}/efficientnet_lite0/seed_0/fold_{fold}/metrics.json"
     return json.loads(path.read_text())
 
 
@@ -92,7 +92,7 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
     assert code == 0, output
     assert job_counts(output)["train_model"] == len(RUNS) - len(done), output
     assert "resuming after epoch" in "".join(
-        p.read_text() for p in project.glob("logs/models/*/*/fold_*.log")
+        p.read_text() for p in project.glob("logs/models/*/*/seed_*/fold_*.log")
     )
     # Snakemake deleted the job logs of the killed run; each fold's train.log keeps its lines
     resumed = [
@@ -107,4 +107,4 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
         np.testing.assert_array_equal(_features(project, slide), _features(reference, slide))
     for model, fold in RUNS:
         assert _metrics(project, model, fold) == _metrics(reference, model, fold)
-    assert not list(project.glob("results/models/*/*/fold_*/resume.pt"))
+    assert not list(project.glob("results/models/*/*/seed_*/fold_*/resume.pt"))

@@ -95,12 +95,12 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     for model in ("querent", "abmil"):
         for fold in (0, 1):
             ckpt = torch.load(
-                project / f"results/models/{model}/efficientnet_lite0/fold_{fold}/model.pt",
+                project / f"results/models/{model}/efficientnet_lite0/seed_0/fold_{fold}/model.pt",
                 weights_only=True,
             )
             assert ckpt["fold"] == fold and ckpt["in_dim"] == 1280
             held_out = splits.loc[splits["fold"] == str(fold), "slide_id"]
-            eval_dir = project / f"results/eval/{model}/efficientnet_lite0/fold_{fold}"
+            eval_dir = project / f"results/eval/{model}/efficientnet_lite0/seed_0/fold_{fold}"
             predictions = pd.read_csv(eval_dir / "predictions.csv")
             assert sorted(predictions["slide_id"]) == sorted(held_out)
             assert (eval_dir / "metrics.json").exists() and (eval_dir / "attention.h5").exists()
@@ -108,6 +108,11 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     assert list(summary.columns[:4]) == ["model", "encoder", "task", "n_cases"]
     assert sorted(summary["model"]) == ["abmil", "querent"] and (summary["n_cases"] == 4).all()
     assert "auc" in output and "querent" in output.split("Complete log")[0][-2000:]
+    comparisons = pd.read_csv(project / "results/eval/comparisons.tsv", sep="\t")
+    assert comparisons[["model_a", "model_b", "metric"]].values.tolist() == [
+        ["querent", "abmil", "auc"]
+    ]
+    assert "Paired comparisons" in output and "querent (efficientnet_lite0) vs abmil" in output
 
     for model in ("querent", "abmil"):
         plots = project / f"results/plots/{model}/efficientnet_lite0"
@@ -134,6 +139,16 @@ def test_tiny_demo_runs_to_summary_and_reruns_only_what_changed(tiny_run):
     }, output  # fmt: skip
     plan = output.split("Job stats")[-1]
     assert "models/abmil" not in plan and "heatmaps/abmil" not in plan
+
+    # a second seed trains and evaluates every run's folds once more, and re-trains nothing
+    code, output = snakemake(project, "-n", config={"training": {"seeds": [0, 1]}})
+    assert job_counts(output) == {
+        "train_model": 4, "evaluate_model": 4, "aggregate_metrics": 1, "plot_summary": 1,
+        "record_provenance": 1, "default": 1,
+    }, output  # fmt: skip
+    outputs = [line for line in output.splitlines() if line.strip().startswith("output:")]
+    assert sum("seed_1/fold_" in line for line in outputs) == 8
+    assert not any("seed_0" in line for line in outputs)
 
     # exports add only their own jobs, and CLAM's copy holds the same features
     exporting = {"features": {"export_clam": True, "export_stamp": True}}
@@ -301,7 +316,8 @@ def test_provenance_is_recorded_with_every_model_and_for_the_report(tiny_run):
     assert record["cohort_sheet_sha256"] == hashlib.sha256(sheet).hexdigest()
     assert record["config.training.epochs"] == "2" and record["packages.torch"]
     ckpt = torch.load(
-        project / "results/models/querent/efficientnet_lite0/fold_0/model.pt", weights_only=True
+        project / "results/models/querent/efficientnet_lite0/seed_0/fold_0/model.pt",
+        weights_only=True,
     )
     assert ckpt["provenance"]["cohort_sheet_sha256"] == record["cohort_sheet_sha256"]
     assert ckpt["provenance"]["config"]["models"]["querent"]["top_k"] == 2

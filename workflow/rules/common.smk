@@ -5,6 +5,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from extractors.io import SLIDE_ID_PATTERN
+from extractors.stain import FEATURE_SET_PATTERN, NO_STAIN_NORM, split_feature_set
 from extractors.wsi.resources import slide_stage_mem_mb
 from querent.engine.experiment import features_folder
 from querent.engine.runs import RUN_NAME_PATTERN
@@ -73,7 +74,7 @@ if PLANNER:
     FINDINGS.problems += feature_file_problems(
         PLAN, config, EXTRACTED, STATE / "feature_files.json"
     )
-for message in FINDINGS.notes:
+for message in FINDINGS.notes + housekeeping.unseeded_runs():
     note(message)
 if FINDINGS.problems:
     raise WorkflowError(FINDINGS.message())
@@ -84,6 +85,8 @@ DEMO, OWN_FEATURES = PLAN.inputs.demo, PLAN.inputs.own_features
 MIL_THREADS = 1 if DEMO else 2
 ENCODERS = PLAN.encoders
 FOLDS = list(range(config["splits"]["folds"]))
+#: Every fold is trained once per seed; plots, heatmaps and exports show the first seed's.
+SEEDS = list(config["training"]["seeds"])
 #: Every slide of the input, by id; SLIDES: those this run processes; LEFT_OUT: the others.
 SLIDE_FILES, SLIDES, LEFT_OUT = PLAN.slide_files, PLAN.slides, PLAN.left_out
 #: Feature extraction jobs: one per slide, or batches of slides (features.slides_per_job).
@@ -94,9 +97,10 @@ TRAIN_SLIDES = PLAN.train_slides
 
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
-    encoder="[A-Za-z0-9_]+",
+    encoder=FEATURE_SET_PATTERN,
     model=RUN_NAME_PATTERN,
     fold="[0-9]+",
+    seed="[0-9]+",
     batch="b[0-9]+",
 
 
@@ -124,10 +128,23 @@ def train_features(wildcards):
     return [str(folder / f"{slide}.h5") for slide in TRAIN_SLIDES]
 
 
+def training_of_seed(wildcards):
+    """The training section for one seed: adding a seed leaves the others' jobs as they are."""
+    return {**config["training"], "seeds": [int(wildcards.seed)]}
+
+
 def encoder_checkpoint(wildcards):
     """The local weight file of the job's encoder ("" for the Hugging Face cache or hub)."""
     weights = config["features"]["checkpoint"]
-    return weights.get(wildcards.encoder, "") if isinstance(weights, dict) else weights
+    encoder, _ = split_feature_set(wildcards.encoder)
+    return weights.get(encoder, "") if isinstance(weights, dict) else weights
+
+
+def stain_target(wildcards):
+    """The stain reference image of a normalised feature set, as an input ([]: none or built-in)."""
+    _, method = split_feature_set(wildcards.encoder)
+    target = config["features"]["stain_target"]
+    return [target] if target and method != NO_STAIN_NORM else []
 
 
 def slide_path_of(slide):

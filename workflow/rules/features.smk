@@ -2,6 +2,8 @@
 # slides, so the encoder loads once per batch: the batch job stages every slide's features and
 # records each outcome, and a per-slide job (extract_features in both cases, so everything
 # downstream is the same) links the slide's staged file into place or fails with its reason.
+# {encoder} is a feature set: an encoder's name, with -macenko or -reinhard when the patches are
+# stain-normalised first (features.stain_norm); a reference image is an input of those jobs.
 
 if SLIDES_PER_JOB == 1:
 
@@ -9,6 +11,7 @@ if SLIDES_PER_JOB == 1:
         input:
             slide=slide_path,
             coords="results/coords/{slide}.h5",
+            stain_target=stain_target,
         output:
             "results/features/{encoder}/{slide}.h5",
         log:
@@ -36,6 +39,7 @@ else:
             coords=lambda wildcards: expand(
                 "results/coords/{slide}.h5", slide=BATCHES[wildcards.batch]
             ),
+            stain_target=stain_target,
         output:
             manifest="results/features/{encoder}/batches/{batch}.tsv",
             # kept when the job reruns, so slides staged before a crash are not encoded again

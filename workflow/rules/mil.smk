@@ -21,12 +21,12 @@ rule train_model:
         splits="results/splits/splits.csv",
         features=train_features,
     output:
-        model="results/models/{model}/{encoder}/fold_{fold}/model.pt",
-        history="results/models/{model}/{encoder}/fold_{fold}/history.csv",
+        model="results/models/{model}/{encoder}/seed_{seed}/fold_{fold}/model.pt",
+        history="results/models/{model}/{encoder}/seed_{seed}/fold_{fold}/history.csv",
     log:
-        "logs/models/{model}/{encoder}/fold_{fold}.log",
+        "logs/models/{model}/{encoder}/seed_{seed}/fold_{fold}.log",
     benchmark:
-        "logs/models/{model}/{encoder}/fold_{fold}.benchmark.tsv"
+        "logs/models/{model}/{encoder}/seed_{seed}/fold_{fold}.benchmark.tsv"
     threads: MIL_THREADS
     resources:
         mem_mb=8000,
@@ -36,7 +36,7 @@ rule train_model:
         cohort=cohort_params(),
         splits=config["splits"],
         run=lambda wildcards: config["models"][wildcards.model],
-        training=config["training"],
+        training=training_of_seed,
     script:
         "../scripts/train_model.py"
 
@@ -45,16 +45,16 @@ rule evaluate_model:
     input:
         sheet=cohort_sheet(),
         splits="results/splits/splits.csv",
-        model="results/models/{model}/{encoder}/fold_{fold}/model.pt",
+        model="results/models/{model}/{encoder}/seed_{seed}/fold_{fold}/model.pt",
         features=train_features,
     output:
-        predictions="results/eval/{model}/{encoder}/fold_{fold}/predictions.csv",
-        metrics="results/eval/{model}/{encoder}/fold_{fold}/metrics.json",
-        attention="results/eval/{model}/{encoder}/fold_{fold}/attention.h5",
+        predictions="results/eval/{model}/{encoder}/seed_{seed}/fold_{fold}/predictions.csv",
+        metrics="results/eval/{model}/{encoder}/seed_{seed}/fold_{fold}/metrics.json",
+        attention="results/eval/{model}/{encoder}/seed_{seed}/fold_{fold}/attention.h5",
     log:
-        "logs/eval/{model}/{encoder}/fold_{fold}.log",
+        "logs/eval/{model}/{encoder}/seed_{seed}/fold_{fold}.log",
     benchmark:
-        "logs/eval/{model}/{encoder}/fold_{fold}.benchmark.tsv"
+        "logs/eval/{model}/{encoder}/seed_{seed}/fold_{fold}.benchmark.tsv"
     threads: MIL_THREADS
     resources:
         mem_mb=8000,
@@ -70,18 +70,21 @@ rule evaluate_model:
 rule aggregate_metrics:
     input:
         predictions=expand(
-            "results/eval/{model}/{encoder}/fold_{fold}/predictions.csv",
+            "results/eval/{model}/{encoder}/seed_{seed}/fold_{fold}/predictions.csv",
             model=list(config["models"]),
             encoder=ENCODERS,
+            seed=SEEDS,
             fold=FOLDS,
         ),
     output:
-        "results/eval/summary.tsv",
+        summary="results/eval/summary.tsv",
+        comparisons="results/eval/comparisons.tsv",
     log:
         "logs/eval/summary.log",
     threads: 1
     params:
         runs=[(model, encoder) for model in config["models"] for encoder in ENCODERS],
+        seeds=SEEDS,
         folds=FOLDS,
     script:
         "../scripts/aggregate_metrics.py"

@@ -1,9 +1,15 @@
 rule plot_run:
     input:
         predictions=expand(
-            "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
+            "results/eval/{{model}}/{{encoder}}/seed_{seed}/fold_{fold}/predictions.csv",
+            seed=SEEDS[0],
+            fold=FOLDS,
         ),
-        histories=expand("results/models/{{model}}/{{encoder}}/fold_{fold}/history.csv", fold=FOLDS),
+        histories=expand(
+            "results/models/{{model}}/{{encoder}}/seed_{seed}/fold_{fold}/history.csv",
+            seed=SEEDS[0],
+            fold=FOLDS,
+        ),
     output:
         report(
             directory("results/plots/{model}/{encoder}"),
@@ -24,7 +30,8 @@ rule plot_run:
 
 rule plot_summary:
     input:
-        "results/eval/summary.tsv",
+        summary="results/eval/summary.tsv",
+        comparisons="results/eval/comparisons.tsv",
     output:
         table=report(
             "results/plots/summary.html",
@@ -52,9 +59,15 @@ rule plot_summary:
 rule draw_heatmaps:
     input:
         predictions=expand(
-            "results/eval/{{model}}/{{encoder}}/fold_{fold}/predictions.csv", fold=FOLDS
+            "results/eval/{{model}}/{{encoder}}/seed_{seed}/fold_{fold}/predictions.csv",
+            seed=SEEDS[0],
+            fold=FOLDS,
         ),
-        attention=expand("results/eval/{{model}}/{{encoder}}/fold_{fold}/attention.h5", fold=FOLDS),
+        attention=expand(
+            "results/eval/{{model}}/{{encoder}}/seed_{seed}/fold_{fold}/attention.h5",
+            seed=SEEDS[0],
+            fold=FOLDS,
+        ),
         thumbnails=expand("results/thumbnails/{slide}.jpg", slide=TRAIN_SLIDES),
         tissue=expand("results/tissue/{slide}.geojson", slide=TRAIN_SLIDES),
         features=train_features,
@@ -102,9 +115,10 @@ rule top_patches:
 rule record_provenance:
     input:
         models=expand(
-            "results/models/{model}/{encoder}/fold_{fold}/model.pt",
+            "results/models/{model}/{encoder}/seed_{seed}/fold_{fold}/model.pt",
             model=list(config["models"]),
             encoder=ENCODERS,
+            seed=SEEDS,
             fold=FOLDS,
         ),
         sheet=cohort_sheet(),

@@ -1,6 +1,8 @@
 rule segment_tissue:
     input:
         slide=slide_path,
+        # the slide's QuPath GeoJSON (slides.annotations): editing it re-runs this slide alone
+        annotations=lambda wildcards: PLAN.annotation_input(wildcards.slide),
     output:
         geojson="results/tissue/{slide}.geojson",
         qc="results/tissue/{slide}_qc.jpg",
@@ -17,6 +19,7 @@ rule segment_tissue:
     params:
         slide=slide_kwargs,
         tissue=tissue_settings,
+        annotations=lambda wildcards: PLAN.annotation_params(config, wildcards.slide),
     script:
         "../scripts/segment_tissue.py"
 

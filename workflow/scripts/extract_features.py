@@ -1,4 +1,4 @@
-"""Snakemake adapter: extract one slide's patch features."""
+"""Snakemake adapter: extract one slide's features (stain-normalised for {encoder}-{method})."""
 
 import torch
 
@@ -6,12 +6,14 @@ from extractors.devices import pick_device
 from extractors.encoders import create_encoder
 from extractors.extract import ExtractionOptions, extract_slide
 from extractors.logs import log_to_file
+from extractors.stain import split_feature_set
+from extractors.stain_norm import create_normaliser
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-encoder = create_encoder(
-    snakemake.wildcards.encoder, checkpoint=snakemake.params.checkpoint or None
-).to(pick_device(None))
+name, method = split_feature_set(snakemake.wildcards.encoder)
+encoder = create_encoder(name, checkpoint=snakemake.params.checkpoint or None).to(pick_device(None))
+target = snakemake.input.stain_target
 extract_slide(
     snakemake.input.slide,
     snakemake.input.coords,
@@ -22,4 +24,5 @@ extract_slide(
         skip_errors=snakemake.params.skip_errors,
         allow_mpp_mismatch=snakemake.params.allow_mpp_mismatch,
     ),
+    normaliser=create_normaliser(method, target[0] if target else None),
 )

@@ -17,7 +17,7 @@ experiment = job_experiment(
     encoder=wildcards.encoder,
     runs=model_runs({wildcards.model: params.run}, params.training),
 )
-run = experiment.runs[wildcards.model]
+run = experiment.runs[wildcards.model]  # params.training holds this job's seed only
 fold = int(wildcards.fold)
 train_ids, val_ids, _ = experiment.fold(snakemake.input.splits, fold)
 train_fold(

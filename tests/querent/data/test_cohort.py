@@ -236,10 +236,65 @@ def test_every_survival_problem_is_reported_at_once(tmp_path):
 
 
 def test_settings_are_checked():
-    with pytest.raises(SettingsError, match="classification, survival"):
-        CohortSettings(task="regression")
+    with pytest.raises(SettingsError, match="classification, survival, regression"):
+        CohortSettings(task="ordinal")
     with pytest.raises(SettingsError, match="'A'"):
         CohortSettings(classes=("A", "B", "A"))
+
+
+# --- regression ------------------------------------------------------------------------------
+
+REGRESSION = CohortSettings(task="regression", target="tmb")
+
+
+def test_regression_parsing(tmp_path):
+    text = "slide_id,case_id,tmb,label\nS1,P1,2.5,x\nS2,P1,2.50,x\nS3,P2,-1e1,y\nS4,P3,7,x\n"
+    cohort = read_cohort(_sheet(tmp_path, text), REGRESSION)
+    assert cohort.task == "regression" and cohort.classes == ()
+    assert list(cohort.table.columns) == ["slide_id", "case_id", "target"]
+    assert cohort.table["target"].dtype == np.float64
+    values = cohort.targets(["S4", "S3", "S1"])
+    assert values.dtype == np.float64 and values.tolist() == [7.0, -10.0, 2.5]
+    assert cohort.cases()["target"].tolist() == [2.5, -10.0, 7.0]
+    assert cohort.strata(3).to_dict() == {"P1": 1, "P2": 0, "P3": 2}  # tertiles of the cases
+    assert cohort.strata(1).tolist() == [0, 0, 0]
+    assert cohort.subset(["S3", "S4"]).targets(["S4"]).tolist() == [7.0]
+
+
+def test_bad_regression_values_name_their_lines(tmp_path):
+    text = (
+        'slide_id,case_id,tmb\nS1,P1,1.5\nS2,P2,\nS3,P3,NA\nS4,P4,high\nS5,P5,"3,5"\n'
+        "S6,P6,inf\nS7,P7,4\n"
+    )
+    lines = _error(tmp_path, text, REGRESSION).splitlines()
+    assert "2 problems" in lines[0] and len(lines) == 3
+    assert "missing values in column 'tmb' at line 3, line 4. Fix: fill in" in lines[1]
+    assert (
+        "column 'tmb' must be finite numbers: line 5 ('high'), line 6 ('3,5'), line 7 ('inf')"
+        in lines[2]
+    )
+
+
+def test_regression_case_with_two_values(tmp_path):
+    text = "slide_id,case_id,tmb\nS1,P1,1\nS2,P1,2\nS3,P2,3\nS4,P2,3.0\n"
+    message = _error(tmp_path, text, REGRESSION)
+    assert "P1 (target 1.0, 2.0)" in message and "P2" not in message
+    assert "the case's value" in message
+
+
+def test_regression_needs_values_that_differ(tmp_path):
+    message = _error(tmp_path, "slide_id,case_id,tmb\nS1,P1,4\nS2,P2,4\n", REGRESSION)
+    assert "holds one value" in message and "cohort.target" in message
+
+
+def test_missing_regression_column_names_the_key(tmp_path):
+    message = _error(tmp_path, "slide_id,case_id,target\nS1,P1,4\n", REGRESSION)
+    assert "'tmb'" in message and "cohort.target" in message and "cohort.label" not in message
+
+
+def test_regression_refuses_classes():
+    with pytest.raises(SettingsError, match=r"cohort.classes.*regression.*Fix"):
+        CohortSettings(task="regression", classes=["a", "b"])
 
 
 # --- schema ----------------------------------------------------------------------------------

@@ -153,6 +153,46 @@ def test_survival_with_few_censored_cases_splits_without_warnings(tmp_path):
     assert splits["fold"].value_counts().to_dict() == {"test": 3, "0": 3, "1": 3, "2": 3}
 
 
+def _regression_cohort(folder, values, slides_per_case=1):
+    rows = [
+        (f"S{case:03d}-{s}", f"P{case:03d}", value)
+        for case, value in enumerate(values)
+        for s in range(slides_per_case + case % 2)
+    ]
+    path = folder / "regression.csv"
+    pd.DataFrame(rows, columns=["slide_id", "case_id", "value"]).to_csv(path, index=False)
+    return read_cohort(path, CohortSettings(task="regression", target="value"))
+
+
+def test_regression_folds_are_stratified_on_quantile_bins(tmp_path):
+    values = np.random.default_rng(3).permutation(40) * 1.5
+    cohort = _regression_cohort(tmp_path, values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        splits = make_splits(cohort, SplitSettings(folds=4, seed=2))
+        train, val, held = fold_slides(splits, cohort, 0, val_fraction=0.2, seed=0)
+    folds = _case_folds(splits)
+    quintile = (cohort.cases().set_index("case_id")["target"].rank() - 1) // 8
+    per_bin = pd.crosstab(quintile, folds.loc[quintile.index])
+    assert per_bin.shape == (5, 4) and (per_bin == 2).all().all()  # 8 cases a bin, 2 per fold
+    assert not set(train) & set(val) and not (set(train) | set(val)) & set(held)
+
+
+def test_regression_with_tied_values_uses_fewer_bins(tmp_path):
+    # 4 quartile bins would leave 2 cases (the two 3.0) in a bin, fewer than the 3 folds
+    cohort = _regression_cohort(tmp_path, [0.0] + [1.0] * 5 + [2.0] * 4 + [3.0] * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # StratifiedKFold warns of a bin smaller than the folds
+        splits = make_splits(cohort, SplitSettings(folds=3))
+    assert _case_folds(splits).value_counts().tolist() == [4, 4, 4]
+
+
+def test_regression_with_fewer_cases_than_folds(tmp_path):
+    cohort = _regression_cohort(tmp_path, [1.0, 2.0])
+    with pytest.raises(CohortError, match="3 folds need at least 3 cases; there are 2"):
+        make_splits(cohort, SplitSettings(folds=3))
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 

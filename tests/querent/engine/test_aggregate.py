@@ -66,51 +66,58 @@ def runs(tmp_path):
             fold_dir.mkdir(parents=True)
             predictions.to_csv(fold_dir / "predictions.csv", index=False, float_format="%.6f")
             dirs.append(fold_dir)
-        result.append((model, "uni", dirs))
+        result.append((model, "uni", [dirs]))
     return result, folds
 
 
 def test_aggregate_columns_and_counts(runs):
     run_list, _ = runs
-    table = aggregate(run_list, n_boot=N_BOOT)
-    base = ["model", "encoder", "task", "n_cases", "n_folds", "min_fold_cases"]
-    assert list(table.columns[:6]) == base
+    table, _ = aggregate(run_list, n_boot=N_BOOT)
+    base = ["model", "encoder", "task", "n_cases", "n_folds", "n_seeds", "min_fold_cases"]
+    assert list(table.columns[:7]) == base
     metrics = [*METRICS["classification"], *METRICS["survival"]]
-    stats = [f"{m}_{s}" for m in metrics for s in ("pooled", "ci_low", "ci_high", "mean", "std")]
-    assert list(table.columns[6:]) == stats
+    statistics = ("pooled", "ci_low", "ci_high", "mean", "std", "seed_std")
+    stats = [f"{m}_{s}" for m in metrics for s in statistics]
+    assert list(table.columns[7:]) == stats
     assert table["model"].tolist() == ["abmil", "coxmil"]
     assert table["task"].tolist() == ["classification", "survival"]
     assert table["n_cases"].tolist() == [30, 36]
     assert table["n_folds"].tolist() == [3, 3]
+    assert table["n_seeds"].tolist() == [1, 1]
+    assert table["auc_seed_std"].isna().all()  # one seed: no spread
     # Mixed tasks: each run's columns of the other task are NaN.
     assert table.loc[0, [c for c in stats if c.startswith("c_index")]].isna().all()
     assert table.loc[1, [c for c in stats if c.startswith("auc")]].isna().all()
-    assert table.loc[0, [c for c in stats if not c.startswith("c_index")]].notna().all()
+    defined = [c for c in stats if not c.startswith("c_index") and not c.endswith("seed_std")]
+    assert table.loc[0, defined].notna().all()
 
 
 def test_aggregate_of_one_task_has_only_its_columns(runs):
     run_list, _ = runs
-    table = aggregate(run_list[1:], n_boot=N_BOOT)
+    table, comparisons = aggregate(run_list[1:], n_boot=N_BOOT)
     assert list(table.columns) == [
         "model",
         "encoder",
         "task",
         "n_cases",
         "n_folds",
+        "n_seeds",
         "min_fold_cases",
         "c_index_pooled",
         "c_index_ci_low",
         "c_index_ci_high",
         "c_index_mean",
         "c_index_std",
+        "c_index_seed_std",
     ]
+    assert comparisons.empty  # one run: nothing to compare
 
 
 @pytest.mark.parametrize("model", ["abmil", "coxmil"])
 def test_headline_is_pooled_with_its_ci_and_folds_beside_it(runs, model):
     run_list, folds = runs
-    row = aggregate(run_list, n_boot=N_BOOT).set_index("model").loc[model]
-    dirs = {name: fold_dirs for name, _, fold_dirs in run_list}[model]
+    row = aggregate(run_list, n_boot=N_BOOT)[0].set_index("model").loc[model]
+    dirs = {name: seed_dirs[0] for name, _, seed_dirs in run_list}[model]
     fold_frames = [read_predictions(d / "predictions.csv") for d in dirs]
     task = row["task"]
     per_fold = [compute_metrics(case_level(fold)) for fold in fold_frames]
@@ -130,7 +137,7 @@ def test_headline_is_pooled_with_its_ci_and_folds_beside_it(runs, model):
 
 def test_summarize_run_single_fold_has_nan_std():
     fold = classification_fold(0, np.random.default_rng(1))
-    row = summarize_run("abmil", "uni", [fold], n_boot=N_BOOT)
+    row = summarize_run("abmil", "uni", [[fold]], n_boot=N_BOOT)
     assert row["n_folds"] == 1 and row["n_cases"] == 10 and row["min_fold_cases"] == 10
     assert row["auc_mean"] == pytest.approx(compute_metrics(case_level(fold))["auc"])
     assert math.isnan(row["auc_std"])
@@ -139,15 +146,15 @@ def test_summarize_run_single_fold_has_nan_std():
 def test_summarize_run_rejects_mixed_folds():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="mix tasks"):
-        summarize_run("m", "e", [classification_fold(0, rng), survival_fold(1, rng)])
+        summarize_run("m", "e", [[classification_fold(0, rng), survival_fold(1, rng)]])
     other = classification_fold(1, rng).rename(columns={"prob_other": "prob_normal"})
     with pytest.raises(ValueError, match="classes"):
-        summarize_run("m", "e", [classification_fold(0, rng), other])
+        summarize_run("m", "e", [[classification_fold(0, rng), other]])
 
 
 def test_missing_predictions_names_the_path(runs):
     run_list, _ = runs
-    missing = run_list[0][2][1] / "predictions.csv"
+    missing = run_list[0][2][0][1] / "predictions.csv"
     missing.unlink()
     with pytest.raises(FileFormatError, match="evaluate_model") as error:
         aggregate(run_list, n_boot=N_BOOT)
@@ -167,7 +174,7 @@ def test_unreadable_predictions_name_the_path(tmp_path):
 
 def test_write_summary_round_trip(runs, tmp_path):
     run_list, _ = runs
-    table = aggregate(run_list, n_boot=N_BOOT)
+    table, _ = aggregate(run_list, n_boot=N_BOOT)
     path = tmp_path / "results" / "summary.tsv"
     write_summary(table, path)
     assert not list(path.parent.glob("summary.tsv.*tmp"))
@@ -178,7 +185,7 @@ def test_write_summary_round_trip(runs, tmp_path):
 
 def test_format_summary(runs):
     run_list, _ = runs
-    table = aggregate(run_list, n_boot=N_BOOT)
+    table, _ = aggregate(run_list, n_boot=N_BOOT)
     text = format_summary(table)
     lines = text.splitlines()
     assert len(lines) == 4  # what the numbers are, the header, two runs; no small-fold warning
@@ -213,7 +220,7 @@ def test_tiny_folds_headline_the_pooled_metric_and_warn(caplog):
             )
         )
     with caplog.at_level("WARNING"):
-        row = summarize_run("querent", "demo", folds, n_boot=N_BOOT)
+        row = summarize_run("querent", "demo", [folds], n_boot=N_BOOT)
     assert row["auc_mean"] == 1.0 and row["auc_std"] == 0.0
     assert row["auc_pooled"] < 1.0
     assert row["min_fold_cases"] == 3

@@ -66,7 +66,7 @@ def test_a_checkpoint_loads_as_trained_when_a_default_changes(synthetic_cohort, 
 
 def test_a_different_seed_trains_a_different_model(synthetic_cohort, tmp_path):
     first = train_synthetic(synthetic_cohort, tmp_path / "a")
-    other = train_synthetic(synthetic_cohort, tmp_path / "b", seed=1)
+    other = train_synthetic(synthetic_cohort, tmp_path / "b", seeds=[1])
     assert first.read_bytes() != other.read_bytes()
 
 

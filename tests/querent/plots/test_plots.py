@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines.statistics import multivariate_logrank_test
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix, r2_score, roc_auc_score
 
 from querent.plots.confusion import confusion_figure
 from querent.plots.curves import roc_figure, training_figure
+from querent.plots.regression import predicted_figure
 from querent.plots.style import PREVIEW_DPI, new_figure, save_figure, save_preview
 from querent.plots.summary import summary_figure
 from querent.plots.survival import km_figure, risk_groups
@@ -97,7 +98,7 @@ def test_plots_load_no_torch_slide_or_hdf5_library():
     code = (
         "import json, sys\n"
         "import querent.plots.curves, querent.plots.confusion\n"
-        "import querent.plots.survival, querent.plots.summary\n"
+        "import querent.plots.survival, querent.plots.summary, querent.plots.regression\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run(
@@ -265,3 +266,61 @@ def test_preview_is_a_small_jpeg_of_the_same_figure(tmp_path):
     assert preview.read_bytes()[:2] == b"\xff\xd8"  # JPEG
     assert preview.stat().st_size < full.stat().st_size / 2
     assert matplotlib.image.imread(preview).shape[1] == round(6 * PREVIEW_DPI)
+
+
+# --- regression ------------------------------------------------------------------------------
+
+
+def _regression_folds(tmp_path):
+    rng = np.random.default_rng(4)
+    folds = []
+    for k in range(3):
+        target = rng.normal(50.0, 10.0, 12)
+        table = pd.DataFrame(
+            {
+                "case_id": [f"c{k}_{i}" for i in range(12)],
+                "target": target,
+                "prediction": target + rng.normal(0.0, 6.0, 12),
+            }
+        )
+        folds.append(_read_back(table, tmp_path / f"regression_{k}.csv"))
+    return folds
+
+
+def test_predicted_figure_has_a_colour_per_fold_the_identity_and_sklearn_r2(tmp_path):
+    folds = _regression_folds(tmp_path)
+    figure = predicted_figure(folds)
+    ax = figure.axes[0]
+    pooled = pd.concat(folds)
+    assert ax.get_title() == (
+        f"out-of-fold cases (n = 36): R² = {r2_score(pooled['target'], pooled['prediction']):.3f}"
+    )
+    points = ax.collections
+    assert [len(c.get_offsets()) for c in points] == [12, 12, 12]
+    assert len({tuple(c.get_facecolor()[0]) for c in points}) == 3
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["fold 0", "fold 1", "fold 2", "predicted = true"]
+    (identity,) = ax.get_lines()
+    assert list(identity.get_xdata()) == list(identity.get_ydata())
+    low, high = identity.get_xdata()
+    assert low < pooled[["target", "prediction"]].min().min()
+    assert high > pooled[["target", "prediction"]].max().max()
+    _assert_written(figure, tmp_path / "predicted")
+    with pytest.raises(ValueError, match="prediction"):
+        predicted_figure([folds[0].drop(columns="prediction")])
+
+
+def test_summary_figure_draws_a_negative_r2(tmp_path):
+    summary = pd.DataFrame(
+        {
+            "model": ["a", "b"],
+            "encoder": ["uni", "uni"],
+            "r2_pooled": [0.35, -0.42],
+            "r2_ci_low": [0.1, -0.9],
+            "r2_ci_high": [0.5, -0.1],
+            "r2_mean": [0.3, -0.5],
+        }
+    )
+    ax = summary_figure(summary, "r2").axes[0]
+    assert ax.get_xlim()[0] <= -0.9  # the negative bar and its CI are inside the axes
+    assert any(line.get_xdata()[0] == 0.0 for line in ax.get_lines())  # R² of the mean
