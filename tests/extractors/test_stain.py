@@ -317,3 +317,33 @@ def test_batch_recipes_of_plain_features_are_unchanged_and_name_the_stain_target
     image = cv2.imread(str(target))
     cv2.imwrite(str(target), image[::-1])  # same stains, other bytes: a new reference file
     assert slide_recipe(item, lite0, options, MacenkoNormaliser(target)) != before
+
+
+# --- the workflow ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_dry_run_plans_both_feature_sets_through_every_stage(tcga_target, tmp_path):
+    """Batches of slides, a reference image: the normalised set runs its own jobs from
+    extraction to the summary, and only its jobs take the image as an input."""
+    from tests.helpers import job_counts, snakemake, workflow_copy
+
+    project = workflow_copy(tmp_path / "project")
+    features = {
+        "stain_norm": ["none", "macenko"],
+        "stain_target": str(tcga_target),
+        "slides_per_job": 2,
+    }
+    code, output = snakemake(project, "-n", config={"features": features})
+    assert code == 0, output
+    counts = job_counts(output)
+    sets = 2
+    assert counts["extract_feature_batch"] == sets * 2  # 4 demo slides, 2 per job
+    assert counts["extract_features"] == sets * 4
+    assert counts["train_model"] == sets * 2 * 2  # 2 model runs x 2 folds per set
+    jobs = output.split("\n\n")
+    batch_jobs = [job for job in jobs if "rule extract_feature_batch:" in job]
+    normalised = [job for job in batch_jobs if "efficientnet_lite0-macenko/batches" in job]
+    assert len(normalised) == 2
+    assert all(str(tcga_target) in job for job in normalised)
+    assert not any(str(tcga_target) in job for job in batch_jobs if job not in normalised)

@@ -95,7 +95,7 @@ def test_tiny_workflow_on_slurm_equals_the_local_run(slurm_cluster, tiny_run, tm
         rule for rule, res in profile["set-resources"].items() if res["slurm_partition"] == "gpu"
     }
     submitted_rules, gpu_rules = _submitted_rules()
-    assert {"segment_tissue", "tile_slide", "aggregate_metrics"} <= submitted_rules
+    assert {"segment_tissue", "tile_slide", "build_region_grid", "plot_run"} <= submitted_rules
     assert {"extract_features", "train_model", "evaluate_model"} <= gpu_rules
     assert gpu_rules == to_gpus & submitted_rules
 

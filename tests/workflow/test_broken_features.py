@@ -18,7 +18,10 @@ def test_a_broken_feature_file_stops_the_run_before_any_job(tiny_run, tmp_path):
     done, _ = tiny_run
     project = tmp_path / "project"
     shutil.copytree(done, project, symlinks=True)  # keeps modification times
-    models = {path: path.read_bytes() for path in project.glob("results/models/*/*/*/model.pt")}
+    models = {
+        path: path.read_bytes()
+        for path in project.glob("results/models/*/*/seed_*/fold_*/model.pt")
+    }
     assert len(models) == 4
     cut = project / FEATURES / "demo_001.h5"
     os.truncate(cut, cut.stat().st_size // 2)

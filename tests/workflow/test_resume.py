@@ -97,7 +97,9 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
     # Snakemake deleted the job logs of the killed run; each fold's train.log keeps its lines
     resumed = [
         text.split("resuming after epoch")[0]
-        for text in (p.read_text() for p in project.glob("results/models/*/*/*/train.log"))
+        for text in (
+            p.read_text() for p in project.glob("results/models/*/*/seed_*/fold_*/train.log")
+        )
         if "resuming after epoch" in text
     ]
     assert resumed and all("epoch 0:" in before for before in resumed)

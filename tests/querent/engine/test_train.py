@@ -70,10 +70,13 @@ def test_a_different_seed_trains_a_different_model(synthetic_cohort, tmp_path):
     assert first.read_bytes() != other.read_bytes()
 
 
+# tests/ is put first on the path and helpers imported from it by name: a test extra
+# (torchstain) installs a top-level ``tests`` package that would shadow ours.
 _KILLABLE = """
 import sys
 from pathlib import Path
-from tests.helpers import train_synthetic
+sys.path.insert(0, str(Path.cwd() / "tests"))
+from helpers import train_synthetic
 train_synthetic((Path(sys.argv[1]), Path(sys.argv[2])), sys.argv[3], sys.argv[4], epochs=8)
 """
 
