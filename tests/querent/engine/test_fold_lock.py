@@ -15,10 +15,12 @@ from tests.helpers import train_synthetic
 
 ROOT = Path(__file__).resolve().parents[3]
 
+# helpers by name from tests/ first on the path: torchstain installs a top-level ``tests``
 _TRAINER = """
 import sys
 from pathlib import Path
-from tests.helpers import train_synthetic
+sys.path.insert(0, str(Path.cwd() / "tests"))
+from helpers import train_synthetic
 train_synthetic((Path(sys.argv[1]), Path(sys.argv[2])), sys.argv[3], epochs=10_000, patience=None)
 """
 
