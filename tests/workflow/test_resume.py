@@ -80,7 +80,9 @@ def test_killed_runs_resume_to_the_uninterrupted_outputs(tiny_run, tmp_path):
 
     # 2. killed while training: one fold has written its resume state, no model is final yet
     def training_started() -> bool:  # a fold logged its first epoch, after saving resume.pt
-        return any("epoch 0:" in p.read_text() for p in project.glob("logs/models/*/*/*.log"))
+        return any(
+            "epoch 0:" in p.read_text() for p in project.glob("logs/models/*/*/seed_*/*.log")
+        )
 
     _run_until(project, training_started)
     done = {

@@ -130,7 +130,8 @@ def train_features(wildcards):
 
 def training_of_seed(wildcards):
     """The training section for one seed: adding a seed leaves the others' jobs as they are."""
-    return {**config["training"], "seeds": [int(wildcards.seed)]}
+    # keys sorted: Snakemake compares params as written, and a config file may order them
+    return dict(sorted({**config["training"], "seeds": [int(wildcards.seed)]}.items()))
 
 
 def encoder_checkpoint(wildcards):
