@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 from extractors.io import atomic_path, read_attention, read_coords
 from querent.engine.aggregate import read_predictions, read_summary
 from querent.engine.metrics import METRICS, case_level, class_names, task_of
+from querent.engine.target_tables import split_targets
 from querent.plots import heatmap, qupath
 from querent.plots.confusion import confusion_figure
 from querent.plots.curves import roc_figure, training_figure
@@ -71,9 +73,9 @@ def draw_run_plots(
 ) -> list[Path]:
     """The plots of one model run; returns the files written.
 
-    ROC curves and confusion matrix (classification), Kaplan-Meier curves of risk groups
-    (survival) or predicted against true values (regression), and the training curves of every
-    fold.
+    ROC curves and confusion matrix (classification; several label columns: per target,
+    ``roc_{target}`` and ``confusion_{target}``), Kaplan-Meier curves of risk groups (survival)
+    or predicted against true values (regression), and the training curves of every fold.
     """
     out_dir = Path(out_dir)
     folds = _fold_tables(eval_dirs)
@@ -81,8 +83,16 @@ def draw_run_plots(
     pooled = case_level(pd.concat(folds).drop(columns="fold"))
     figures = {}
     if task == "classification":
-        figures["roc"] = roc_figure([case_level(t.drop(columns="fold")) for t in folds])
-        figures["confusion"] = confusion_figure(pooled, class_names(pooled))
+        for target, parts in _per_target(folds).items():
+            pooled = case_level(pd.concat(parts).drop(columns="fold"))
+            drawn = {
+                "roc": roc_figure([case_level(t.drop(columns="fold")) for t in parts]),
+                "confusion": confusion_figure(pooled, class_names(pooled)),
+            }
+            for kind, figure in drawn.items():
+                if target:
+                    figure.axes[0].set_title(f"{target}: {figure.axes[0].get_title()}")
+                figures[f"{kind}_{_file_safe(target)}" if target else kind] = figure
     elif task == "regression":
         figures["predicted"] = predicted_figure([case_level(t.drop(columns="fold")) for t in folds])
     else:
@@ -93,6 +103,17 @@ def draw_run_plots(
     for name, figure in figures.items():
         written += save_figure(figure, out_dir / name, settings.formats)
     return written
+
+
+def _per_target(folds: list[pd.DataFrame]) -> dict[str, list[pd.DataFrame]]:
+    """``{target: its slice of every fold}``; ``{"": folds}`` for a single target."""
+    split = [split_targets(fold) for fold in folds]
+    return {target: [parts[target] for parts in split] for target in split[0]}
+
+
+def _file_safe(name: str) -> str:
+    """``name`` with every character but letters, digits, ``.``, ``_`` and ``-`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def draw_summary(
@@ -130,6 +151,7 @@ def heatmap_slides(predictions: pd.DataFrame, per_group: int, extra: Sequence[st
     """
     rows = []
     task = task_of(predictions)
+    predictions = next(iter(split_targets(predictions).values()))  # several: the first target's
     if task == "regression":
         rows += _ends(predictions["slide_id"], predictions["prediction"], "predicted", per_group)
     elif task == "classification":
@@ -185,7 +207,9 @@ def draw_run_heatmaps(
     """Heatmaps and QuPath overlays of one model run's chosen slides (see :func:`heatmap_slides`).
 
     ``thumbnails`` and ``tissue`` give each slide's thumbnail (JPEG with its JSON scale beside
-    it) and tissue GeoJSON, as segmentation wrote them.
+    it) and tissue GeoJSON, as segmentation wrote them. With case bags (``cohort.bag: case``)
+    the chosen cases are drawn slide by slide, every slide of each, and a slide of
+    ``plots.heatmap_slides`` draws its case.
 
     Per slide: ``{slide}_attention.png`` and, for Querent, ``{slide}_regions.png`` (how often
     each region was picked) and ``{slide}_query.png`` (the top-attended patch and its regions),
@@ -196,8 +220,17 @@ def draw_run_heatmaps(
     out_dir.mkdir(parents=True, exist_ok=True)
     folds = _fold_tables(eval_dirs)
     predictions = pd.concat(folds, ignore_index=True)
-    chosen = heatmap_slides(predictions, settings.heatmaps_per_group, settings.heatmap_slides)
+    case_of = _case_of_slide(eval_dirs)  # case bags: drawn slide by slide
+    listed = list(dict.fromkeys(case_of.get(s, s) for s in settings.heatmap_slides))
+    chosen = heatmap_slides(predictions, settings.heatmaps_per_group, listed)
     fold_of = dict(zip(predictions["slide_id"], predictions["fold"], strict=True))
+    if case_of:
+        fold_of = {slide: fold_of[case] for slide, case in case_of.items() if case in fold_of}
+        slides_of: dict[str, list[str]] = {}
+        for slide, case in case_of.items():
+            slides_of.setdefault(case, []).append(slide)
+        chosen = chosen.assign(slide_id=chosen["slide_id"].map(slides_of))
+        chosen = chosen.explode("slide_id", ignore_index=True)
     rows = []
     for slide, group, score, why in chosen.itertuples(index=False):
         attention_file = Path(eval_dirs[fold_of[slide]]) / "attention.h5"
@@ -249,6 +282,17 @@ def draw_run_heatmaps(
     with atomic_path(out_dir / "index.tsv") as tmp:
         index.to_csv(tmp, sep="\t", index=False)
     return index
+
+
+def _case_of_slide(eval_dirs: Sequence[Path]) -> dict[str, str]:
+    """Slide -> its case, for the slides of case bags in the folds' attention.h5 (else empty)."""
+    import h5py
+
+    case_of = {}
+    for folder in eval_dirs:
+        with h5py.File(Path(folder) / "attention.h5", "r") as h5:
+            case_of |= {name: str(h5[name].attrs["bag"]) for name in h5 if "bag" in h5[name].attrs}
+    return case_of
 
 
 def draw_top_patches(

@@ -8,6 +8,15 @@ import pytest
 from tests.helpers import shared_slide
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``), one worker runs each test file, and one
+    runs every test of the tiny workflow run: module and session fixtures are built once."""
+    for item in items:
+        shares_run = "tiny_run" in item.fixturenames
+        group = "tiny_run" if shares_run else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def cmu_slide() -> Path:
     return shared_slide("cmu-1-small-region.svs")

@@ -1,9 +1,13 @@
-"""Bags: one slide's patch features, lattice cells and region grid, streamed from feature files.
+"""Bags: patch features, lattice cells and region grid of a slide or a case, from feature files.
 
 A bag is read whole from its HDF5 file each time it is needed (or once, when the cohort fits in
 memory), optionally cut to a random subset of ``max_patches`` rows seeded by (seed, epoch,
 slide), so the subset does not depend on the number of loader workers or on resuming. The
 region grid is built here, in the loader workers, so the model never waits on it.
+
+A case bag (``cohort.bag: case``) holds the patches of all the slides of a case: its files are a
+tuple, one per slide in slide-id order, and :func:`place_slides` sets the slides side by side on
+one lattice so that no region or neighbourhood spans two of them.
 
 Axes: ``n`` patches, ``d`` feature width.
 """
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from extractors.errors import CohortError, FileFormatError
 from extractors.io import feature_shape, lattice_step, read_features
+from querent.data.case_bags import BagFiles, bag_paths, place_slides
 from querent.data.cohort import format_items
 from querent.data.grid import RegionGrid, build_grid
 
@@ -34,14 +39,16 @@ IN_MEMORY_BYTES = 2 * 1024**3
 
 @dataclass(frozen=True)
 class Bag:
-    """One slide as a model sees it.
+    """One slide, or one case, as a model sees it.
 
     Attributes:
-        slide_id: The slide.
+        slide_id: The bag: the slide, or the case of a case bag.
         features: (n, d) float32.
-        cells: (n, 2) int64 lattice cells (column, row).
-        rows: (n,) rows of the feature file these patches come from.
+        cells: (n, 2) int64 lattice cells (column, row); a case bag's slides side by side.
+        rows: (n,) rows of the feature file (of its slide) these patches come from.
         grid: Region grid of the patches (models with regions), else None.
+        slides: The slides of the bag, in order (a slide bag: its slide).
+        slide_of_patch: (n,) index into ``slides`` of every patch's slide.
     """
 
     slide_id: str
@@ -49,6 +56,8 @@ class Bag:
     cells: torch.Tensor
     rows: torch.Tensor
     grid: RegionGrid | None
+    slides: tuple[str, ...]
+    slide_of_patch: torch.Tensor
 
 
 def lattice_cells_of(coords: np.ndarray, step: int, source: str | Path) -> np.ndarray:
@@ -163,11 +172,11 @@ def cohort_bytes(files: Mapping[str, Path]) -> int:
 
 
 class BagDataset(Dataset):
-    """The bags of some slides, in a fixed order.
+    """The bags of some slides (or cases), in a fixed order.
 
     Args:
-        files: Slide id -> feature file.
-        slide_ids: The slides of this dataset, in order.
+        files: Bag id -> feature file, or a case bag's tuple of its slides' files.
+        slide_ids: The bags of this dataset, in order.
         region_size: Region size of the model's grid; None: no grid.
         max_patches: Cut bigger bags to this many patches (training).
         subset: How: ``random`` patches, or ``crop``: whole regions (of ``region_size``, else
@@ -175,12 +184,13 @@ class BagDataset(Dataset):
         seed: Seed of the subsets and augmentations.
         in_memory: Keep every bag after its first read (only in the process that reads it).
         augment: Move each bag's lattice by a random flip, quarter turn and shift
-            (:func:`augment_cells`), seeded like the subsets (training).
+            (:func:`augment_cells`), seeded like the subsets (training); a case bag's slides
+            each by their own, then set side by side again.
     """
 
     def __init__(
         self,
-        files: Mapping[str, Path],
+        files: Mapping[str, BagFiles],
         slide_ids: Sequence[str],
         *,
         region_size: int | None = None,
@@ -193,7 +203,12 @@ class BagDataset(Dataset):
         missing = [s for s in slide_ids if s not in files]
         if missing:
             raise CohortError(f"no feature file for slides {format_items(missing)}")
-        self.files = {s: Path(files[s]) for s in slide_ids}
+        self.files = {s: bag_paths(files[s]) for s in slide_ids}
+        #: Each bag's slides: a case bag's by its files' stems.
+        self.slides = {
+            s: tuple(p.stem for p in self.files[s]) if isinstance(files[s], tuple) else (s,)
+            for s in slide_ids
+        }
         self.slide_ids = list(slide_ids)
         self.region_size = region_size
         self.max_patches = max_patches
@@ -201,34 +216,44 @@ class BagDataset(Dataset):
         self.seed = seed
         self.in_memory = in_memory
         self.augment = augment
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[str, tuple[np.ndarray, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.slide_ids)
 
-    def _arrays(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
-        if slide_id in self._cache:
-            return self._cache[slide_id]
-        arrays = read_bag_arrays(self.files[slide_id])
+    def _arrays(self, bag_id: str) -> tuple[np.ndarray, ...]:
+        """Features, placed cells, each patch's slide and its row in that slide's file."""
+        if bag_id in self._cache:
+            return self._cache[bag_id]
+        parts = [read_bag_arrays(path) for path in self.files[bag_id]]
+        features = parts[0][0] if len(parts) == 1 else np.concatenate([f for f, _ in parts])
+        cells = parts[0][1] if len(parts) == 1 else np.concatenate([c for _, c in parts])
+        slide_of_patch = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
+        rows = np.concatenate([np.arange(len(f)) for f, _ in parts])
+        cells = place_slides(cells, slide_of_patch, self.region_size or 1)
+        arrays = features, cells, slide_of_patch, rows
         if self.in_memory:
-            self._cache[slide_id] = arrays
+            self._cache[bag_id] = arrays
         return arrays
 
     def __getitem__(self, key: int | tuple[int, int]) -> Bag:
         """The bag at ``index``, or at ``(index, epoch)`` with that epoch's patch subset."""
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         slide_id = self.slide_ids[index]
-        features, cells = self._arrays(slide_id)
-        rows = np.arange(len(features))
+        features, cells, slide_of_patch, rows = self._arrays(slide_id)
         rng = np.random.default_rng([self.seed, epoch, zlib.crc32(slide_id.encode())])
         if self.max_patches is not None and len(rows) > self.max_patches:
             if self.subset == "crop":
-                rows = crop_rows(cells, self.max_patches, rng, self.region_size or 1)
+                kept = crop_rows(cells, self.max_patches, rng, self.region_size or 1)
             else:
-                rows = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
-            features, cells = features[rows], cells[rows]
+                kept = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
+            features, cells = features[kept], cells[kept]
+            slide_of_patch, rows = slide_of_patch[kept], rows[kept]
         if self.augment:
-            cells = augment_cells(cells, rng)
+            cells = cells.copy()
+            for i in np.unique(slide_of_patch):
+                cells[slide_of_patch == i] = augment_cells(cells[slide_of_patch == i], rng)
+            cells = place_slides(cells, slide_of_patch, self.region_size or 1)
         grid = None if self.region_size is None else build_grid(cells, 1, self.region_size)
         return Bag(
             slide_id,
@@ -236,6 +261,8 @@ class BagDataset(Dataset):
             torch.from_numpy(np.ascontiguousarray(cells)),
             torch.from_numpy(rows),
             grid,
+            self.slides[slide_id],
+            torch.from_numpy(slide_of_patch),
         )
 
 

@@ -10,6 +10,7 @@ ids, and the fix; every problem of a sheet is reported at once, one line each (t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from extractors.errors import CohortError, SettingsError
+from querent.data.covariates import column_kinds, covariate_problems
+from querent.data.labels import class_order, label_indices, label_settings, several_label_problems
 from querent.data.sheet_checks import (
     Problem,
     check_ids,
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The kinds of target a cohort sheet holds (``cohort.task``).
 TASK_KINDS = ("classification", "survival", "regression")
+#: What one bag of a model is (``cohort.bag``): a slide, or every slide of a case.
+BAG_MODES = ("slide", "case")
 #: The sheet columns of each kind of target: table column -> the ``cohort`` key naming it.
 TARGET_KEYS: dict[str, dict[str, str]] = {
     "classification": {"label": "label"},
@@ -57,7 +62,10 @@ class CohortSettings:
     task: str = field(
         default="classification", metadata={"help": "classification | survival | regression"}
     )
-    label: str = field(default="label", metadata={"help": "label column (classification)"})
+    label: str | tuple[str, ...] = field(
+        default="label",
+        metadata={"help": "label column (classification); a list: several targets, one model"},
+    )
     time: str = field(default="time", metadata={"help": "follow-up time column (survival)"})
     event: str = field(
         default="event", metadata={"help": "event column, 1 = event, 0 = censored (survival)"}
@@ -65,8 +73,9 @@ class CohortSettings:
     target: str = field(
         default="target", metadata={"help": "column of the number to predict (regression)"}
     )
-    classes: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "class order; null: sorted labels"}
+    classes: tuple[str, ...] | dict[str, tuple[str, ...]] | None = field(
+        default=None,
+        metadata={"help": "class order; null: sorted labels; several labels: {column: order}"},
     )
     on_missing: str = field(
         default="error",
@@ -75,32 +84,45 @@ class CohortSettings:
             "skip (listed in the log)"
         },
     )
+    covariates: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "clinical covariate columns (one value per case) the models' head reads"},
+    )
+
+    bag: str = field(
+        default="slide",
+        metadata={"help": "slide | case: every slide of a case forms one bag (one prediction)"},
+    )
 
     def __post_init__(self) -> None:
-        """Check the task and the class list; classes become a tuple of strings."""
+        """Check the settings; class orders become tuples of strings, one label a string."""
         if self.task not in TASK_KINDS:
             raise SettingsError(
                 f"cohort.task {self.task!r} is unknown; choose one of {', '.join(TASK_KINDS)}"
             )
         if self.on_missing not in ("error", "skip"):
             raise SettingsError(f"cohort.on_missing must be error or skip, got {self.on_missing!r}")
+        if self.bag not in BAG_MODES:
+            raise SettingsError(f"cohort.bag must be slide or case, got {self.bag!r}")
         if self.task == "regression" and self.classes is not None:
             raise SettingsError(
                 "cohort.classes is set but cohort.task is regression (classes order the labels "
                 "of a classification). Fix: set cohort.classes: null, or cohort.task: "
                 "classification."
             )
-        if self.classes is not None:
-            classes = tuple(str(name) for name in self.classes)
-            doubled = sorted({name for name in classes if classes.count(name) > 1})
-            if doubled:
-                raise SettingsError(
-                    f"cohort.classes names {format_items(map(repr, doubled))} more than once; "
-                    "list each class once"
-                )
-            if len(classes) < 2:
-                raise SettingsError("cohort.classes needs at least two classes (or null)")
-            object.__setattr__(self, "classes", classes)
+        label, classes = label_settings(self.label, self.classes, self.task)
+        if isinstance(label, str) and classes is not None:
+            classes = class_order(classes, "cohort.classes")
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "classes", classes)
+        covariates = tuple(str(name) for name in self.covariates or ())
+        doubled = sorted({name for name in covariates if covariates.count(name) > 1})
+        if doubled:
+            raise SettingsError(
+                f"cohort.covariates names {format_items(map(repr, doubled))} more than once; "
+                "list each column once"
+            )
+        object.__setattr__(self, "covariates", covariates)
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,20 +133,28 @@ class Cohort:
         task: ``classification``, ``survival`` or ``regression``.
         table: One row per slide, sorted by ``slide_id``, index 0..n-1; columns ``slide_id``,
             ``case_id`` (strings) and ``label`` (string), or ``time`` (float) and ``event``
-            (0/1), or ``target`` (float).
-        classes: The class order (classification); ``()`` for the other tasks.
+            (0/1), or ``target`` (float); then the covariate columns (strings, by their sheet
+            names).
+        classes: The class order (classification); ``()`` for the other tasks. With several
+            label columns, the first one's (it stratifies the folds).
         source: The sheet path, for messages.
+        covariates: The covariate columns (``cohort.covariates``), in the config's order.
+        labels: Several label columns (:mod:`querent.data.labels`): each target's column (by
+            its sheet name, in the table instead of ``label``; "" where unknown) and classes,
+            in ``cohort.label`` order; empty for one label column.
     """
 
     task: str
     table: pd.DataFrame
     classes: tuple[str, ...]
     source: str
+    covariates: tuple[str, ...] = ()
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def target_columns(self) -> list[str]:
-        """The target columns of the task."""
-        return list(TARGET_KEYS[self.task])
+        """The target columns of the task (several label columns: theirs)."""
+        return list(self.labels) or list(TARGET_KEYS[self.task])
 
     @property
     def slide_ids(self) -> list[str]:
@@ -147,7 +177,8 @@ class Cohort:
         cases = self.cases().set_index("case_id")
         if self.task == "classification":
             order = {name: i for i, name in enumerate(self.classes)}
-            return cases["label"].map(order).astype(np.int64).rename("stratum")
+            first = cases[self.target_columns[0]]
+            return first.map(order).astype(np.int64).rename("stratum")
         if self.task == "regression":
             quantile = pd.qcut(cases["target"], max(bins, 1), labels=False, duplicates="drop")
             return quantile.astype(np.int64).rename("stratum")
@@ -167,10 +198,13 @@ class Cohort:
         """The targets of ``slide_ids``, in that order.
 
         Returns:
-            Classification: int64 class indices in :attr:`classes` order. Survival: the float64
-            times and the int64 events. Regression: the float64 values.
+            Classification: int64 class indices in :attr:`classes` order (several label
+            columns: (slides, targets), -1 where unknown). Survival: the float64 times and the
+            int64 events. Regression: the float64 values.
         """
         rows = self._rows(slide_ids)
+        if self.labels:
+            return label_indices(rows, self.labels)
         if self.task == "classification":
             order = {name: i for i, name in enumerate(self.classes)}
             return rows["label"].map(order).to_numpy(dtype=np.int64)
@@ -179,9 +213,13 @@ class Cohort:
         return rows["time"].to_numpy(dtype=np.float64), rows["event"].to_numpy(dtype=np.int64)
 
     def subset(self, slide_ids: Iterable[str]) -> Cohort:
-        """The cohort of ``slide_ids`` only (same classes and source)."""
+        """The cohort of ``slide_ids`` only (same classes, source and covariates)."""
         rows = self._rows(sorted(set(slide_ids))).reset_index()
-        return Cohort(self.task, rows[self.table.columns], self.classes, self.source)
+        return dataclasses.replace(self, table=rows[self.table.columns])
+
+    def covariate_kinds(self) -> dict[str, str]:
+        """Covariate column -> ``numeric`` or ``categorical``, read off the whole table."""
+        return column_kinds(self.table, self.covariates)
 
 
 def read_table(path: Path, what: str) -> pd.DataFrame:
@@ -243,7 +281,12 @@ def cohort_from_table(raw: pd.DataFrame, settings: CohortSettings, source: Path)
         CohortError: As :func:`read_cohort`.
     """
     keys = TARGET_KEYS[settings.task]
-    targets = {column: getattr(settings, key) for column, key in keys.items()}
+    several = not isinstance(settings.label, str)  # several label columns, each by its name
+    targets = (
+        dict(zip(settings.label, settings.label, strict=True))
+        if several
+        else {column: getattr(settings, key) for column, key in keys.items()}
+    )
     wanted = {"slide_id": "slide_id", "case_id": "case_id", **targets}
     absent = [column for column in dict.fromkeys(wanted.values()) if column not in raw.columns]
     if absent:
@@ -257,9 +300,14 @@ def cohort_from_table(raw: pd.DataFrame, settings: CohortSettings, source: Path)
         )
     if raw.empty:
         raise _fail(source, "no slides (only a header line)", "add one row per slide")
-    table = pd.DataFrame({name: raw[column] for name, column in wanted.items()})
-    problems = check_ids(table)
-    if settings.task == "classification":
+    covariates = _covariate_columns(raw, settings, wanted, source)
+    table = pd.DataFrame({name: raw[column] for name, column in wanted.items()} | covariates)
+    problems = check_ids(table) + covariate_problems(table, settings.covariates)
+    labels = {}
+    if several:
+        target_problems, labels, table = several_label_problems(table, settings)
+        classes = labels[settings.label[0]]
+    elif settings.task == "classification":
         target_problems, classes = classification_problems(table, settings)
     else:
         check = survival_problems if settings.task == "survival" else regression_problems
@@ -269,4 +317,33 @@ def cohort_from_table(raw: pd.DataFrame, settings: CohortSettings, source: Path)
         raise _fail_all(source, problems)
     table = table.sort_values("slide_id").reset_index(drop=True)
     logger.info("%s: %d slides of %d cases", source, len(table), table["case_id"].nunique())
-    return Cohort(settings.task, table, tuple(classes), str(source))
+    return Cohort(settings.task, table, tuple(classes), str(source), settings.covariates, labels)
+
+
+def _covariate_columns(
+    raw: pd.DataFrame, settings: CohortSettings, wanted: dict[str, str], source: Path
+) -> dict[str, pd.Series]:
+    """The sheet's ``cohort.covariates`` columns by name.
+
+    Raises:
+        CohortError: A column is not in the sheet, or is an id or target column.
+    """
+    names = settings.covariates
+    taken = [name for name in names if name in {*wanted, *wanted.values()}]
+    if taken:
+        raise _fail(
+            source,
+            f"cohort.covariates names {', '.join(map(repr, taken))}, an id or target column "
+            "(a model must not read its answer)",
+            "remove them from cohort.covariates, or rename the sheet column",
+        )
+    absent = [name for name in names if name not in raw.columns]
+    if absent:
+        raise _fail(
+            source,
+            f"cohort.covariates column(s) {', '.join(map(repr, absent))} not in the sheet; it "
+            f"has {format_items(map(repr, raw.columns), limit=20)}",
+            "add the columns (one value per case; empty where unknown), or remove them from "
+            "cohort.covariates",
+        )
+    return {name: raw[name] for name in names}

@@ -85,43 +85,64 @@ def classification_problems(
     table: pd.DataFrame, settings: CohortSettings
 ) -> tuple[list[Problem], tuple[str, ...]]:
     """Problems of the ``label`` column, and the class order (settings' or sorted labels)."""
+    return label_problems(table, settings.label, settings.classes)
+
+
+def label_problems(
+    table: pd.DataFrame,
+    column: str,
+    classes: tuple[str, ...] | None,
+    *,
+    where: str = "",
+    key: str = "cohort.classes",
+    missing_ok: bool = False,
+) -> tuple[list[Problem], tuple[str, ...]]:
+    """Problems of the labels ``table["label"]`` (sheet column ``column``), and the class order.
+
+    ``where`` names the column in the messages of a sheet with several label columns, ``key``
+    the setting that orders its classes. With ``missing_ok`` an empty cell is an unknown label,
+    and the slides of a case must agree on that too.
+    """
     problems = []
     missing = table["label"].isin(MISSING)
-    if missing.any():
+    if missing.any() and not missing_ok:
         problems.append(
             (f"missing labels at {sheet_lines(table.index[missing])}", "fill in or drop those rows")
         )
     labelled = table.loc[~missing]
-    if settings.classes is not None:
-        foreign = labelled.loc[~labelled["label"].isin(settings.classes)].groupby("label").groups
+    if classes is not None:
+        foreign = labelled.loc[~labelled["label"].isin(classes)].groupby("label").groups
         if foreign:
             bad = (f"{label!r} ({sheet_lines(rows)})" for label, rows in foreign.items())
             problems.append(
                 (
-                    f"labels not in cohort.classes ({', '.join(settings.classes)}): "
-                    f"{format_items(bad)}",
-                    "add them to cohort.classes or correct the sheet",
+                    f"labels{where} not in {key} ({', '.join(classes)}): {format_items(bad)}",
+                    f"add them to {key} or correct the sheet",
                 )
             )
     present = sorted(labelled["label"].unique())
     if len(present) < 2:
         problems.append(
             (
-                f"only one class ({present[0]!r}) in column {settings.label!r}"
+                f"only one class ({present[0]!r}) in column {column!r}"
                 if present
-                else f"no label in column {settings.label!r}",
+                else f"no label in column {column!r}",
                 "a classifier needs two or more classes; check that cohort.label names the label",
             )
         )
-    conflicts = inconsistent_cases(labelled, ["label"])
+    checked = (
+        table.assign(label=table["label"].where(~missing, "(empty)")) if missing_ok else labelled
+    )
+    conflicts = inconsistent_cases(checked, ["label"])
     if conflicts:
         problems.append(
             (
-                f"cases with different labels on their slides: {format_items(conflicts)}",
-                "give every slide of a case the case's label",
+                f"cases with different labels{where} on their slides: {format_items(conflicts)}",
+                "give every slide of a case the case's label"
+                + (" (or leave it empty on all)" if missing_ok else ""),
             )
         )
-    return problems, settings.classes if settings.classes is not None else tuple(present)
+    return problems, classes if classes is not None else tuple(present)
 
 
 def survival_problems(

@@ -3,11 +3,12 @@
 Splits are made at the case (patient) level: one row per case, so every slide of a case lands
 in the case's fold. An optional held-out ``test`` share of the cases is drawn first
 (scikit-learn's ``train_test_split`` with ``stratify``), then ``StratifiedKFold`` deals the
-remaining cases into ``k`` folds, stratified on the case's class (survival: its event;
-regression: the quantile bin of its value, as scikit-learn's users bin a continuous target to
-stratify it). With one row per case this is the grouping ``StratifiedGroupKFold`` does, with an
-exact guarantee: in every fold, the cases of each stratum number within one of (cases of the
-stratum) / k, where ``StratifiedGroupKFold`` only balances greedily.
+remaining cases into ``k`` folds, stratified on the case's class (several label columns: its
+class in the first; survival: its event; regression: the quantile bin of its value, as
+scikit-learn's users bin a continuous target to stratify it). With one row per case this is
+the grouping ``StratifiedGroupKFold`` does, with an exact guarantee: in every fold, the cases
+of each stratum number within one of (cases of the stratum) / k, where
+``StratifiedGroupKFold`` only balances greedily.
 
 The split file ``splits.csv`` has columns ``slide_id, case_id, fold``; ``fold`` is ``0..k-1`` or
 ``test``. A person may bring their own; :func:`read_splits` checks it against the cohort.

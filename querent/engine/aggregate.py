@@ -1,6 +1,8 @@
 """The summary table of all model runs: pooled out-of-fold metrics with bootstrap CIs.
 
-One row per run (a model setting on an encoder's features). The headline of every metric of
+One row per run (a model setting on an encoder's features), or per run and target where the
+model predicts several label columns (a ``target`` column then follows ``task``; each target's
+row is the single-target row of its slice of the predictions). The headline of every metric of
 its task is computed once on the pooled out-of-fold case-level predictions, with a percentile
 bootstrap confidence interval of the same cases; the mean and standard deviation over the
 folds' own metrics stand beside it. With a few cases per fold a fold's AUC is 1.0 or 0.0 by
@@ -30,6 +32,7 @@ from querent.engine.compare import (
     seed_tables,
 )
 from querent.engine.metrics import METRICS, case_level, class_names, compute_metrics, task_of
+from querent.engine.target_tables import TRUTH, split_targets, target_column
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +44,19 @@ STATISTICS = ("pooled", "ci_low", "ci_high", "mean", "std", "seed_std")
 MIN_FOLD_CASES = 10
 
 
-def summary_columns(tasks: Sequence[str]) -> list[str]:
+def summary_columns(tasks: Sequence[str], *, targets: bool = False) -> list[str]:
     """The summary's columns for runs of ``tasks``: the base columns, then per metric its stats.
 
     Metrics come in ``METRICS`` order (tasks in that order too, whatever the order of
     ``tasks``), each as ``{metric}_pooled, {metric}_ci_low, {metric}_ci_high, {metric}_mean,
-    {metric}_std, {metric}_seed_std``.
+    {metric}_std, {metric}_seed_std``. With ``targets`` (runs of several label columns) a
+    ``target`` column follows ``task``.
     """
     metrics = [metric for task in METRICS if task in tasks for metric in METRICS[task]]
-    return [*BASE_COLUMNS, *(f"{metric}_{stat}" for metric in metrics for stat in STATISTICS)]
+    base = list(BASE_COLUMNS)
+    if targets:
+        base.insert(base.index("task") + 1, "target")
+    return [*base, *(f"{metric}_{stat}" for metric in metrics for stat in STATISTICS)]
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -66,7 +73,9 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
             "fold first"
         )
     try:
-        predictions = pd.read_csv(path, dtype={"slide_id": str, "case_id": str, "truth": str})
+        header = pd.read_csv(path, nrows=0).columns
+        truth = [c for c in header if c == TRUTH or c.endswith(target_column("", TRUTH))]
+        predictions = pd.read_csv(path, dtype=dict.fromkeys(["slide_id", "case_id", *truth], str))
         task_of(predictions)
     except ValueError as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         raise FileFormatError(
@@ -154,6 +163,7 @@ def _row(
         "model": run.model,
         "encoder": run.encoder,
         "task": run.task,
+        **({"target": run.target} if run.target else {}),  # runs of several label columns
         "n_cases": len(run.case_ids),
         "n_folds": len(seed_folds[0]),
         "n_seeds": len(seed_folds),
@@ -207,9 +217,13 @@ def aggregate(
             [read_predictions(Path(fold_dir) / PREDICTIONS_FILE) for fold_dir in fold_dirs]
             for fold_dirs in seed_dirs
         ]
-        pooled.append(seed_tables(model, encoder, seed_folds))
-        rows.append(_row(pooled[-1], seed_folds, n_boot=n_boot, seed=seed))
-    columns = summary_columns({row["task"] for row in rows})
+        split = [[split_targets(fold) for fold in folds] for folds in seed_folds]
+        for target in split[0][0]:  # a fold without a known label of the target is left out
+            target_folds = [[p[target] for p in folds if len(p[target])] for folds in split]
+            pooled.append(seed_tables(model, encoder, target_folds, target=target))
+            rows.append(_row(pooled[-1], target_folds, n_boot=n_boot, seed=seed))
+    targets = any("target" in row for row in rows)
+    columns = summary_columns({row["task"] for row in rows}, targets=targets)
     summary = pd.DataFrame(rows, columns=columns)
     return summary, comparison_table(pooled, n_boot=n_boot, seed=seed)
 
@@ -222,7 +236,9 @@ def write_summary(table: pd.DataFrame, path: str | Path) -> None:
 
 def read_summary(path: str | Path) -> pd.DataFrame:
     """Read a summary written by :func:`write_summary`."""
-    return pd.read_csv(path, sep="\t", dtype={"model": str, "encoder": str, "task": str})
+    return pd.read_csv(
+        path, sep="\t", dtype={"model": str, "encoder": str, "task": str, "target": str}
+    )
 
 
 def format_summary(table: pd.DataFrame) -> str:
@@ -235,7 +251,8 @@ def format_summary(table: pd.DataFrame) -> str:
     """
     tasks = [task for task in METRICS if f"{METRICS[task][0]}_pooled" in table.columns]
     several_seeds = bool((table["n_seeds"] > 1).any())
-    shown = table[["model", "encoder", "task", "n_cases"]].copy()
+    named = [c for c in ("model", "encoder", "task", "target", "n_cases") if c in table.columns]
+    shown = table[named].copy()
 
     def cells(task: str, text) -> list[str]:
         return [text(row) if row["task"] == task else "" for _, row in table.iterrows()]

@@ -4,9 +4,11 @@ Both load with ``torch.load(path, weights_only=True)``: state dicts, tensors and
 (str, int, float, bool, None, lists, tuples, dicts), no pickled code.
 
 ``model.pt``: ``state_dict`` (the selected epoch's weights), ``run`` (arch and model settings,
-training settings), ``task`` (fitted task state: class order or time-bin edges), ``encoder``
-(the configured one), ``features_encoder`` (the feature files' ``encoder`` attribute, else the
-configured encoder; "unknown" in older checkpoints), ``in_dim`` (feature width), ``fold``,
+training settings), ``task`` (fitted task state: class order or time-bin edges),
+``covariates`` (the fitted clinical covariates, :mod:`querent.data.covariates`; None or absent
+for a model without them), ``encoder`` (the configured one), ``features_encoder`` (the feature
+files' ``encoder`` attribute, else the configured encoder; "unknown" in older checkpoints),
+``in_dim`` (feature width), ``fold``,
 ``epoch``, ``metric``, ``querent_version``, ``git_revision``, ``provenance``
 (:func:`querent.engine.provenance.provenance`).
 

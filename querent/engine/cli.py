@@ -76,7 +76,7 @@ def run_splits(args: argparse.Namespace) -> None:
     from querent.data.splits import split_cohort, write_splits
 
     experiment = _experiment(args)
-    table = split_cohort(experiment.cohort, experiment.splits)
+    table = split_cohort(experiment.slides, experiment.splits)  # by case, slide by slide
     write_splits(table, args.out)
     counts = table["fold"].value_counts().sort_index()
     print(f"{args.out}\t" + ", ".join(f"fold {k}: {n} slides" for k, n in counts.items()))
@@ -137,7 +137,9 @@ def run_predict(args: argparse.Namespace) -> None:
 
     Every file must have the models' feature width; a file whose encoder attribute names
     another encoder than the models' is refused unless --allow-encoder-mismatch is given.
+    Models trained with clinical covariates read their values from --covariates.
     """
+    from querent.data.cohort import read_table
     from querent.engine.evaluate import predict_slides
 
     models = []
@@ -156,6 +158,7 @@ def run_predict(args: argparse.Namespace) -> None:
         device=args.device,
         workers=args.workers,
         allow_encoder_mismatch=args.allow_encoder_mismatch,
+        covariates=read_table(args.covariates, "covariate sheet") if args.covariates else None,
     )
     print(f"{args.out_dir}/predictions.csv\t{len(files)} slides, {len(models)} models")
 
@@ -248,6 +251,12 @@ def add_commands(subparsers: argparse._SubParsersAction, common: argparse.Argume
         action="store_true",
         help="accept feature files whose encoder attribute names another encoder than the "
         "models' (when both names stand for the same features); the width must still match",
+    )
+    predict.add_argument(
+        "--covariates",
+        type=Path,
+        help="CSV/TSV of slide_id and the clinical covariates the models read "
+        "(cohort.covariates when they were trained; empty cells where unknown)",
     )
     _add_device_arguments(predict)
     predict.set_defaults(func=run_predict)

@@ -8,7 +8,9 @@ is their standard deviation.
 
 Two runs are compared on the cases both predicted, with one set of case resamples for both
 (a paired bootstrap): the interval of the difference A - B of their seed-mean metrics, and a
-two-sided p-value from how often the resampled difference falls on either side of zero.
+two-sided p-value from how often the resampled difference falls on either side of zero. A run
+of several label columns is one :class:`SeedTables` per target, and runs are compared target by
+target.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SeedTables:
         task: Task of its predictions.
         tables: One case-level table per seed, rows in ``case_ids`` order.
         case_ids: The cases every seed predicted, sorted.
+        target: The label column of these tables, of a run of several; "" for one target.
     """
 
     model: str
@@ -46,12 +49,13 @@ class SeedTables:
     task: str
     tables: tuple[pd.DataFrame, ...]
     case_ids: tuple[str, ...]
+    target: str = ""
     _samples: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
-        """``model / encoder``, for messages."""
-        return f"{self.model} / {self.encoder}"
+        """``model / encoder`` (and ``[target]``), for messages."""
+        return f"{self.model} / {self.encoder}" + (f" [{self.target}]" if self.target else "")
 
     def restricted(self, case_ids: Sequence[str]) -> tuple[pd.DataFrame, ...]:
         """Every seed's table on ``case_ids`` only, in that order."""
@@ -75,9 +79,12 @@ class SeedTables:
 
 
 def seed_tables(
-    model: str, encoder: str, seed_folds: Sequence[Sequence[pd.DataFrame]]
+    model: str, encoder: str, seed_folds: Sequence[Sequence[pd.DataFrame]], *, target: str = ""
 ) -> SeedTables:
     """Pool each seed's folds to one case-level table; every seed must hold the same cases.
+
+    ``target`` names the label column whose slices (:mod:`querent.engine.target_tables`) the
+    folds are, for a run of several.
 
     Raises:
         ValueError: No seeds, or seeds that predicted different cases or tasks.
@@ -98,7 +105,7 @@ def seed_tables(
                 f"seed {number} of {model} / {encoder} predicted other cases than seed 0; "
                 "every seed must be evaluated on the same splits (rerun its evaluation)"
             )
-    return SeedTables(model, encoder, tasks.pop(), tuple(pooled), case_ids)
+    return SeedTables(model, encoder, tasks.pop(), tuple(pooled), case_ids, target)
 
 
 def seed_mean_metrics(tables: Sequence[pd.DataFrame]) -> tuple[dict[str, float], dict[str, float]]:
@@ -142,13 +149,13 @@ def paired_comparison(
     ``d`` (at most 1), so it cannot go below ``2 / n_boot``.
 
     Returns:
-        One row of :data:`COMPARISON_COLUMNS`.
+        One row of :data:`COMPARISON_COLUMNS` (and ``target``, for runs of several label columns).
 
     Raises:
-        ValueError: Runs of different tasks, no common case, or a common case whose truth
-            differs between the runs.
+        ValueError: Runs of different tasks or targets, no common case, or a common case whose
+            truth differs between the runs.
     """
-    if a.task != b.task:
+    if a.task != b.task or a.target != b.target:
         raise ValueError(f"{a.name} ({a.task}) and {b.name} ({b.task}) cannot be compared")
     common = sorted(set(a.case_ids) & set(b.case_ids))
     if not common:
@@ -169,24 +176,31 @@ def paired_comparison(
         if len(differences)
         else float("nan")
     )
-    return {
+    row = {
         "model_a": a.model, "encoder_a": a.encoder, "model_b": b.model, "encoder_b": b.encoder,
         "task": a.task, "metric": metric, "n_cases": len(common),
         "n_seeds": min(len(a.tables), len(b.tables)), "a": value_a, "b": value_b,
         "difference": value_a - value_b, "ci_low": low, "ci_high": high, "p_value": p_value,
     }  # fmt: skip
+    return row | ({"target": a.target} if a.target else {})
 
 
 def comparison_table(
     runs: Sequence[SeedTables], *, n_boot: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """Every pair of runs of one task (in the order given: A before B), paired (see above)."""
+    """Every pair of runs of one task and target (in the order given: A before B), paired.
+
+    A ``target`` column follows ``task`` where the runs have several label columns.
+    """
     rows = [
         paired_comparison(a, b, n_boot=n_boot, seed=seed)
         for a, b in itertools.combinations(runs, 2)
-        if a.task == b.task and set(a.case_ids) & set(b.case_ids)
+        if a.task == b.task and a.target == b.target and set(a.case_ids) & set(b.case_ids)
     ]
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    columns = list(COMPARISON_COLUMNS)
+    if any(run.target for run in runs):
+        columns.insert(columns.index("task") + 1, "target")
+    return pd.DataFrame(rows, columns=columns)
 
 
 def format_comparisons(table: pd.DataFrame) -> str:
@@ -194,9 +208,10 @@ def format_comparisons(table: pd.DataFrame) -> str:
     lines = []
     for _, row in table.iterrows():
         seeds = f", {row['n_seeds']} seeds" if row["n_seeds"] > 1 else ""
+        target = f"{row['target']} " if row.get("target", "") else ""
         lines.append(
             f"  {row['model_a']} ({row['encoder_a']}) vs {row['model_b']} ({row['encoder_b']}): "
-            f"{row['metric']} {row['a']:.3f} vs {row['b']:.3f}, "
+            f"{target}{row['metric']} {row['a']:.3f} vs {row['b']:.3f}, "
             f"difference {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], "
             f"p = {row['p_value']:.3f} "
             f"({row['n_cases']} cases{seeds})"

@@ -12,14 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from extractors.devices import pick_device
 from extractors.errors import CohortError, FileFormatError
 from extractors.io import write_attention
 from querent.data.bags import BagDataset, EpochOrder, bag_loader, inspect_feature_files
+from querent.data.case_bags import attention_entries, bag_mode, slide_files
 from querent.data.cohort import Cohort, format_items
 from querent.engine import checkpoint
+from querent.engine.covariates import covariate_tensors, deployment_covariates, saved_covariates
 from querent.engine.metrics import fold_metrics
 from querent.engine.outputs import write_metrics, write_predictions
 from querent.engine.tasks import Task, predictions_table, task_from_state
@@ -44,7 +47,14 @@ def load_model(path: str | Path) -> tuple[MILModel, Task, dict]:
     arguments = ckpt.get("model_arguments")
     if arguments is None:  # saved before checkpoints recorded every setting
         arguments = LEGACY_DEFAULTS.get(run["arch"], {}) | run["model"]
-    model = create_model(run["arch"], in_dim=ckpt["in_dim"], n_outputs=task.n_outputs, **arguments)
+    covariates = saved_covariates(ckpt)
+    model = create_model(
+        run["arch"],
+        in_dim=ckpt["in_dim"],
+        n_outputs=task.n_outputs,
+        covariate_dim=covariates.dim if covariates else 0,
+        **arguments,
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), task, ckpt
 
@@ -57,23 +67,31 @@ def apply_model(
     *,
     device: torch.device,
     workers: int = 0,
+    covariates: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, dict[str, object]]]:
-    """(slides, n_outputs) logits and per-slide attention outputs over whole bags."""
+    """(bags, n_outputs) logits and per-slide attention outputs over whole bags.
+
+    A case bag's attention is written per slide (:func:`~querent.data.case_bags.attention_entries`).
+
+    ``covariates`` maps each slide to its encoded covariates (models that read them).
+    """
     model = model.to(device).eval()
     dataset = BagDataset(files, slide_ids, region_size=model.region_size)
     logits, per_slide = [], {}
     for bag in bag_loader(dataset, EpochOrder(len(slide_ids)), workers=workers):
-        out = model(bag.features.to(device), bag.cells.to(device), grid=bag.grid)
+        extra = covariates[bag.slide_id].to(device) if covariates else None
+        out = model(bag.features.to(device), bag.cells.to(device), grid=bag.grid, covariates=extra)
         logits.append(out.logits.float().cpu())
-        per_slide[bag.slide_id] = {
+        arrays = {
             "attention": out.attention.float().cpu().numpy(),
             "selected": None if out.selected is None else out.selected.cpu().numpy(),
             "region_of_patch": (
                 None if out.region_of_patch is None else out.region_of_patch.cpu().numpy()
             ),
-            "features": str(files[bag.slide_id]),
-            "region_size": model.region_size,
         }
+        per_slide |= attention_entries(
+            bag.slide_id, files[bag.slide_id], arrays, bag.slide_of_patch.numpy(), model.region_size
+        )
     return torch.stack(logits), per_slide
 
 
@@ -93,10 +111,16 @@ def evaluate_fold(
     """
     out_dir = Path(out_dir)
     model, task, ckpt = load_model(model_path)
-    used = {s: files[s] for s in slide_ids}
+    if ckpt.get("bag", "slide") != bag_mode(files):
+        raise CohortError(
+            f"{model_path} was trained on {ckpt.get('bag', 'slide')} bags, but cohort.bag is "
+            f"{bag_mode(files)}. Fix: set cohort.bag: {ckpt.get('bag', 'slide')}, or train again."
+        )
+    used = slide_files({s: files[s] for s in slide_ids})
     check_compatible(ckpt, used, inspect_feature_files(used), model_path)
+    covariates = covariate_tensors(saved_covariates(ckpt), cohort.table, slide_ids, cohort.source)
     logits, per_slide = apply_model(
-        model, files, slide_ids, device=pick_device(device), workers=workers
+        model, files, slide_ids, device=pick_device(device), workers=workers, covariates=covariates
     )
     case_ids = cohort.table.set_index("slide_id").loc[list(slide_ids), "case_id"].tolist()
     table = predictions_table(task, cohort, list(slide_ids), case_ids, logits)
@@ -171,16 +195,20 @@ def predict_slides(
     device: str | None = None,
     workers: int = 0,
     allow_encoder_mismatch: bool = False,
+    covariates: pd.DataFrame | None = None,
 ) -> None:
     """Apply a run's fold models to new slides: the mean of their predictions and attention.
 
     Writes ``out_dir``/predictions.csv (with the truth and metrics.json when ``cohort`` is
     given) and attention.h5. ``allow_encoder_mismatch`` accepts files whose ``encoder``
-    attribute differs from the models' (:func:`check_compatible`).
+    attribute differs from the models' (:func:`check_compatible`). Models that read clinical
+    covariates take them from ``covariates`` (a sheet of ``slide_id`` and the columns, as
+    :func:`~querent.data.cohort.read_table` reads it), else from ``cohort``'s table.
 
     Raises:
         FileFormatError: No model given, or models of different runs or tasks.
-        CohortError: Features of another width than the models', or of another encoder.
+        CohortError: Features of another width than the models', or of another encoder; or
+            models that read covariates and no values for them.
     """
     if not model_paths:
         raise FileFormatError("no model.pt given; train the run first (rule train_model)")
@@ -191,12 +219,21 @@ def predict_slides(
     outputs, tasks, per_model = [], [], []
     for path in model_paths:
         model, task, ckpt = load_model(path)
+        if ckpt.get("bag", "slide") != "slide":
+            raise FileFormatError(
+                f"{path} was trained on case bags (cohort.bag: case): querent predict applies "
+                "models of single slides. Fix: evaluate it on a cohort sheet (querent evaluate, "
+                "or the workflow), or deploy a run trained with cohort.bag: slide."
+            )
         check_compatible(ckpt, files, found, path, allow_encoder_mismatch=allow_encoder_mismatch)
-        logits, per_slide = apply_model(model, files, slide_ids, device=dev, workers=workers)
+        values = deployment_covariates(saved_covariates(ckpt), path, slide_ids, cohort, covariates)
+        logits, per_slide = apply_model(
+            model, files, slide_ids, device=dev, workers=workers, covariates=values
+        )
         outputs.append(task.prediction_columns(logits))
         tasks.append(task.state())
         per_model.append(per_slide)
-    if len({(state["name"], tuple(state.get("classes") or ())) for state in tasks}) > 1:
+    if len({(state["name"], *columns) for state, columns in zip(tasks, outputs, strict=True)}) > 1:
         raise FileFormatError(
             f"models of different tasks or classes cannot be averaged: {list(model_paths)}"
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extractors.errors import CohortError, SettingsError
+from querent.data.case_bags import BagFiles, case_bags
 from querent.data.cohort import Cohort, CohortSettings, format_items, read_cohort
 from querent.data.splits import SplitSettings, fold_slides, read_splits
 from querent.engine.runs import ModelRun
@@ -25,25 +26,39 @@ class Experiment:
     """Everything a training or evaluation job needs besides the model run.
 
     Attributes:
-        cohort: The sheet's slides that have features.
-        files: Slide id -> feature file.
+        cohort: The bags the models train on: the sheet's slides that have features, or with
+            ``cohort.bag: case`` one row per case, its ``slide_id`` the case id
+            (:func:`~querent.data.case_bags.case_bags`).
+        files: Bag id -> feature file; a case bag's: its slides' files (a tuple).
         encoder: Encoder name (paths, checkpoints).
         splits: Split settings.
         runs: Model runs by name.
+        sheet: With case bags, the sheet's slides that have features; None: ``cohort``.
     """
 
     cohort: Cohort
-    files: dict[str, Path]
+    files: dict[str, BagFiles]
     encoder: str
     splits: SplitSettings
     runs: dict[str, ModelRun]
+    sheet: Cohort | None = None
+
+    @property
+    def slides(self) -> Cohort:
+        """The sheet's slides that have features (splits are made and read on them)."""
+        return self.cohort if self.sheet is None else self.sheet
 
     def fold(self, splits_path: str | Path, fold: int) -> tuple[list[str], list[str], list[str]]:
-        """(train, validation, evaluation) slide ids of ``fold``."""
-        table = read_splits(splits_path, self.cohort)
-        return fold_slides(
-            table, self.cohort, fold, val_fraction=self.splits.val_fraction, seed=self.splits.seed
+        """(train, validation, evaluation) bag ids of ``fold``: slides, or with case bags cases."""
+        table = read_splits(splits_path, self.slides)
+        ids = fold_slides(
+            table, self.slides, fold, val_fraction=self.splits.val_fraction, seed=self.splits.seed
         )
+        if self.sheet is None:
+            return ids
+        case_of = self.sheet.table.set_index("slide_id")["case_id"]
+        train, val, evaluation = (sorted(set(case_of.loc[part])) for part in ids)
+        return train, val, evaluation
 
 
 def cohort_settings(config: Mapping, demo_sheet: str | Path) -> CohortSettings:
@@ -155,16 +170,21 @@ def load_experiment(
     """The cohort sheet read and paired with the feature files of ``folder``.
 
     Args:
-        cohort: The cohort settings (sheet, task, columns).
+        cohort: The cohort settings (sheet, task, columns, bags of slides or of cases).
         splits: The split settings.
         folder: Folder of the encoder's feature files (``{slide_id}.h5``).
         encoder: The encoder whose features these are.
         runs: Model runs by name.
         available: Slide ids whose files will exist; None: the files in ``folder`` now.
     """
-    table = read_cohort(cohort.sheet, cohort)
-    table, files = match_features(table, folder, cohort.on_missing, available)
-    return Experiment(cohort=table, files=files, encoder=encoder, splits=splits, runs=runs)
+    table, files = match_features(
+        read_cohort(cohort.sheet, cohort), folder, cohort.on_missing, available
+    )
+    if cohort.bag == "slide":
+        return Experiment(cohort=table, files=files, encoder=encoder, splits=splits, runs=runs)
+    bags, bag_files = case_bags(table, files)
+    logger.info("%d case bags of %d slides", len(bags.table), len(table.table))
+    return Experiment(bags, bag_files, encoder, splits, runs, sheet=table)
 
 
 def job_experiment(

@@ -7,6 +7,8 @@ A predictions table (``predictions.csv``, one per fold) has one row per evaluate
 - survival: ``slide_id, case_id, time, event, risk`` (other columns ignored); a higher risk
   means a shorter expected survival.
 - regression: ``slide_id, case_id, target, prediction``, both numbers in the target's unit.
+- several classification targets: ``{target}:truth`` and ``{target}:prob_<class>`` columns per
+  target (:mod:`querent.engine.target_tables`); its metrics are the means over the targets'.
 
 Every metric comes from scikit-learn (AUC, balanced accuracy, macro F1, accuracy, R²), SciPy
 (Pearson's r, Spearman's rho) or lifelines (Harrell's C-index); this module only picks their
@@ -36,6 +38,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from querent.engine.target_tables import target_names, target_table, truth_and_scores
+
 logger = logging.getLogger(__name__)
 
 #: The metrics of each task, in report order; the first is the task's main metric (model
@@ -54,13 +58,13 @@ REGRESSION_COLUMNS = ("target", "prediction")
 def task_of(predictions: pd.DataFrame) -> str:
     """The task of a predictions table, from its columns.
 
-    ``"classification"`` with ``prob_`` columns, ``"regression"`` with a ``prediction`` column,
-    ``"survival"`` with ``time, event, risk``.
+    ``"classification"`` with ``prob_`` columns (or several targets' ``{target}:truth``),
+    ``"regression"`` with a ``prediction`` column, ``"survival"`` with ``time, event, risk``.
 
     Raises:
         ValueError: None of these.
     """
-    if any(str(column).startswith(PROB_PREFIX) for column in predictions.columns):
+    if class_names(predictions) or target_names(predictions):
         return "classification"
     if REGRESSION_COLUMNS[1] in predictions.columns:
         return "regression"
@@ -84,6 +88,8 @@ def class_names(predictions: pd.DataFrame) -> list[str]:
 
 def _columns(predictions: pd.DataFrame) -> tuple[list[str], list[str]]:
     """The target and score columns of a table, by task."""
+    if target_names(predictions):
+        return truth_and_scores(predictions)
     task = task_of(predictions)
     if task == "classification":
         return ["truth"], [PROB_PREFIX + name for name in class_names(predictions)]
@@ -256,7 +262,15 @@ def regression_metrics(target: ArrayLike, predicted: ArrayLike) -> dict[str, flo
 
 
 def compute_metrics(predictions: pd.DataFrame) -> dict[str, float]:
-    """The metrics of the table's task (``METRICS``) on its rows, slides or cases alike."""
+    """The metrics of the table's task (``METRICS``) on its rows, slides or cases alike.
+
+    Several targets: each metric's mean over the targets where it is defined (NaN where none).
+    """
+    if target_names(predictions):
+        slices = [target_table(predictions, name) for name in target_names(predictions)]
+        per_target = [compute_metrics(table) for table in slices if len(table)]
+        means = pd.DataFrame(per_target, columns=list(METRICS["classification"])).mean()
+        return {key: float(value) for key, value in means.items()}
     task = task_of(predictions)
     if task == "classification":
         classes = class_names(predictions)
@@ -272,15 +286,22 @@ def fold_metrics(predictions: pd.DataFrame) -> dict:
 
     Returns:
         ``{"task", "level": {"case": {metric: value}, "slide": {metric: value}}, "n_cases",
-        "n_slides"}``.
+        "n_slides"}``; several targets add ``"targets": {target: its own such dict}`` (the
+        levels' metrics are then the means over targets).
     """
     cases = case_level(predictions)
-    return {
+    metrics = {
         "task": task_of(predictions),
         "level": {"case": compute_metrics(cases), "slide": compute_metrics(predictions)},
         "n_cases": len(cases),
         "n_slides": len(predictions),
     }
+    slices = {name: target_table(predictions, name) for name in target_names(predictions)}
+    if slices:  # a target without a known label here is left out
+        metrics["targets"] = {
+            name: fold_metrics(part) for name, part in slices.items() if len(part)
+        }
+    return metrics
 
 
 def resample_metrics(case_predictions: pd.DataFrame, indices: np.ndarray) -> pd.DataFrame:

@@ -5,7 +5,8 @@ A run is a name from the config, an architecture, its settings and training over
 ``models: {querent_k8: {arch: querent, top_k: 8, training: {lr: 2e-4}}}`` is the run
 ``querent_k8``: ``create_model("querent", top_k=8, ...)`` trained with the ``training`` section
 updated by ``{lr: 2e-4}``. The run name is used in output paths, so two settings of one
-architecture coexist in the cache.
+architecture coexist in the cache. ``covariates: false`` trains a run without the cohort's
+clinical covariates (``cohort.covariates``), to compare it with the same run with them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it, never at D
 RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 #: Constructor arguments the data decides, not the config.
 _DATA_ARGUMENTS = {"in_dim", "n_outputs"}
+#: Keys of a run that are not model arguments.
+RUN_KEYS = ("arch", "training", "covariates")
 #: How a bag bigger than ``max_patches`` is cut (:class:`~querent.data.bags.BagDataset`).
 SUBSETS = ("random", "crop")
 #: Learning rates of the paper when ``lr`` is not set.
@@ -124,6 +127,10 @@ class TrainSettings:
         """The task these settings train on ``cohort``."""
         from querent.engine.tasks import create_task
 
+        if cohort.labels:
+            return create_task(
+                "multilabel", targets=cohort.labels, class_weights=self.class_weights
+            )
         if cohort.task == "classification":
             return create_task(
                 "classification", classes=cohort.classes, class_weights=self.class_weights
@@ -175,12 +182,14 @@ class ModelRun:
         arch: Registered model name.
         model: Keyword arguments of the model besides ``in_dim`` and ``n_outputs``.
         training: Training settings with the run's overrides applied.
+        covariates: The head reads the cohort's covariates (``cohort.covariates``), if any.
     """
 
     name: str
     arch: str
     model: dict
     training: TrainSettings
+    covariates: bool = True
 
     def with_seed(self, seed: int) -> ModelRun:
         """The run trained with one of its seeds (a training job)."""
@@ -193,6 +202,7 @@ class ModelRun:
             "arch": self.arch,
             "model": dict(self.model),
             "training": dataclasses.asdict(self.training),
+            "covariates": self.covariates,
         }
 
 
@@ -217,7 +227,7 @@ def model_run(
 
     Args:
         name: Run name.
-        spec: ``{arch: ..., <model arguments>..., training: {<overrides>}}``.
+        spec: ``{arch: ..., <model arguments>..., training: {<overrides>}, covariates: bool}``.
         training: The config's ``training`` section.
         arguments: :func:`model_arguments`, when the caller has it without importing the models
             (the workflow at DAG time); None: ask the registry.
@@ -237,6 +247,12 @@ def model_run(
             f"{where}: arch {arch!r} is not a model; choose one of: {', '.join(sorted(arguments))}"
         )
     overrides = spec.pop("training", None) or {}
+    covariates = spec.pop("covariates", True)
+    if not isinstance(covariates, bool):
+        raise SettingsError(
+            f"{where}.covariates must be true or false (read cohort.covariates or not), got "
+            f"{covariates!r}"
+        )
     if "seeds" in overrides:
         raise SettingsError(
             f"{where}.training.seeds: seeds are shared by every run (their folds are compared "
@@ -255,7 +271,7 @@ def model_run(
         settings = settings_from({**training, **overrides})
     except SettingsError as err:
         raise SettingsError(f"{where}: {err}") from None
-    return ModelRun(name, arch, spec, settings)
+    return ModelRun(name, arch, spec, settings, covariates)
 
 
 def model_runs(

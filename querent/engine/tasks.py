@@ -11,6 +11,7 @@ A task carries everything task-specific, so the training loop has no ``if task =
 - ``regression``: one output, the value standardised by the training slides' mean and standard
   deviation; squared error or Huber's loss; ``prediction`` column in the target's unit; main
   metric R².
+- ``multilabel``: several classification targets on one head (:mod:`querent.engine.multitask`).
 
 Built by name (``create_task``); ``fit`` sets what depends on the training set (class weights,
 bin edges, the target's mean and scale), and ``state`` / ``from_state`` carry it into a
@@ -303,18 +304,27 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
+def registered_tasks() -> dict[str, type[Task]]:
+    """:data:`TASKS` and the multi-label task, which builds on them."""
+    from querent.engine.multitask import MultiLabelTask
+
+    return {**TASKS, MultiLabelTask.name: MultiLabelTask}
+
+
 def create_task(name: str, **kwargs: object) -> Task:
-    """Build a task by name (a key of :data:`TASKS`)."""
-    if name not in TASKS:
-        raise SettingsError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name](**kwargs)
+    """Build a task by name (a key of :func:`registered_tasks`)."""
+    tasks = registered_tasks()
+    if name not in tasks:
+        raise SettingsError(f"unknown task {name!r}; choose one of: {', '.join(tasks)}")
+    return tasks[name](**kwargs)
 
 
 def task_from_state(state: dict) -> Task:
     """Rebuild a fitted task from :meth:`Task.state`."""
-    if state["name"] not in TASKS:
-        raise SettingsError(f"unknown task {state['name']!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[state["name"]].from_state(state)
+    tasks = registered_tasks()
+    if state["name"] not in tasks:
+        raise SettingsError(f"unknown task {state['name']!r}; choose one of: {', '.join(tasks)}")
+    return tasks[state["name"]].from_state(state)
 
 
 def predictions_table(

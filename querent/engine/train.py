@@ -33,9 +33,12 @@ from querent.data.bags import (
     check_feature_files,
     cohort_bytes,
 )
+from querent.data.case_bags import BagFiles, bag_mode, case_slides, slide_files
 from querent.data.cohort import Cohort
+from querent.data.covariates import CovariateEncoder
 from querent.engine import checkpoint
 from querent.engine.allocator import keep_freed_memory
+from querent.engine.covariates import covariate_tensors, fit_covariates
 from querent.engine.fold_lock import fold_lock
 from querent.engine.metrics import case_level, compute_metrics
 from querent.engine.provenance import provenance
@@ -52,12 +55,15 @@ class TrainingError(QuerentError):
     """Training cannot go on (e.g. a NaN loss); the message names the epoch and slides."""
 
 
-def _forward(model: MILModel, bag, device: torch.device) -> torch.Tensor:
+def _forward(
+    model: MILModel, bag, device: torch.device, covariates: Mapping[str, torch.Tensor] | None
+) -> torch.Tensor:
     features = bag.features.to(device, non_blocking=True)
     cells = bag.cells.to(device, non_blocking=True)
+    extra = covariates[bag.slide_id].to(device) if covariates else None
     amp = device.type == "cuda"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        return model(features, cells, grid=bag.grid).logits.float()
+        return model(features, cells, grid=bag.grid, covariates=extra).logits.float()
 
 
 def train_one_epoch(
@@ -70,8 +76,11 @@ def train_one_epoch(
     settings: TrainSettings,
     device: torch.device,
     epoch: int,
+    covariates: Mapping[str, torch.Tensor] | None = None,
 ) -> float:
     """One pass over the training slides; returns the mean batch loss.
+
+    ``covariates`` maps each slide to its encoded covariates (models that read them).
 
     Raises:
         TrainingError: A loss is NaN or infinite (names the epoch and the batch's slides).
@@ -80,7 +89,7 @@ def train_one_epoch(
     losses, logits, slides = [], [], []
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="slide", leave=False, disable=None)
     for i, bag in enumerate(bar):
-        logits.append(_forward(model, bag, device))
+        logits.append(_forward(model, bag, device, covariates))
         slides.append(bag.slide_id)
         if len(slides) < settings.batch_size and i + 1 < len(loader):
             continue
@@ -105,21 +114,31 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: MILModel, loader, device: torch.device) -> tuple[list[str], torch.Tensor]:
+def predict(
+    model: MILModel,
+    loader,
+    device: torch.device,
+    covariates: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[list[str], torch.Tensor]:
     """Slide ids and (slides, n_outputs) logits of every bag of ``loader`` (whole bags)."""
     model.eval()
     slides, logits = [], []
     for bag in loader:
         slides.append(bag.slide_id)
-        logits.append(_forward(model, bag, device).cpu())
+        logits.append(_forward(model, bag, device, covariates).cpu())
     return slides, torch.stack(logits) if logits else torch.empty(0)
 
 
 def validate(
-    model: MILModel, loader, task: Task, cohort: Cohort, device: torch.device
+    model: MILModel,
+    loader,
+    task: Task,
+    cohort: Cohort,
+    device: torch.device,
+    covariates: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     """Validation loss (all slides as one batch) and the task's main metric at case level."""
-    slides, logits = predict(model, loader, device)
+    slides, logits = predict(model, loader, device, covariates)
     if not slides:
         return math.nan, math.nan
     targets = task.targets(cohort, slides)
@@ -149,12 +168,14 @@ class _Fold:
     targets: dict[str, dict[str, torch.Tensor]]
     in_dim: int
     file_encoder: str | None
+    covariates: CovariateEncoder | None
+    covariate_values: dict[str, torch.Tensor]
 
 
 def _prepare(
     run: ModelRun,
     cohort: Cohort,
-    files: Mapping[str, Path],
+    files: Mapping[str, BagFiles],
     train_ids: list[str],
     val_ids: list[str],
     *,
@@ -166,12 +187,19 @@ def _prepare(
     settings, dev = run.training, pick_device(device)
     if dev.type == "cpu":
         keep_freed_memory()
-    used = {s: files[s] for s in [*train_ids, *val_ids]}
+    used = slide_files({s: files[s] for s in [*train_ids, *val_ids]})
     in_dim, file_encoder = check_feature_files(used)
     task = settings.task(cohort)
     task.fit(cohort.subset(train_ids))
+    covariates = fit_covariates(run, cohort, train_ids)
     torch.manual_seed(settings.seed)
-    model = create_model(run.arch, in_dim=in_dim, n_outputs=task.n_outputs, **run.model).to(dev)
+    model = create_model(
+        run.arch,
+        in_dim=in_dim,
+        n_outputs=task.n_outputs,
+        covariate_dim=covariates.dim if covariates else 0,
+        **run.model,
+    ).to(dev)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=settings.resolved_lr(cohort.task),
@@ -203,16 +231,17 @@ def _prepare(
     val_loader = bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers)
     batch = task.targets(cohort, train_ids)
     targets = {s: {key: value[i] for key, value in batch.items()} for i, s in enumerate(train_ids)}
+    values = covariate_tensors(covariates, cohort.table, [*train_ids, *val_ids], cohort.source)
     return _Fold(
         dev, task, model, optimizer, scheduler, train_order, train_loader, val_loader, targets,
-        in_dim, file_encoder,
+        in_dim, file_encoder, covariates, values,
     )  # fmt: skip
 
 
 def train_fold(
     run: ModelRun,
     cohort: Cohort,
-    files: Mapping[str, Path],
+    files: Mapping[str, BagFiles],
     train_ids: list[str],
     val_ids: list[str],
     out_dir: str | Path,
@@ -234,9 +263,10 @@ def train_fold(
 
     Args:
         run: The model run (architecture, model and training settings).
-        cohort: The cohort (targets of every slide).
-        files: Slide id -> feature file.
-        train_ids: Slides to train on.
+        cohort: The cohort (targets of every bag: slides, or cases with one row each).
+        files: Bag id -> feature file, or a case bag's tuple of its slides' files
+            (:mod:`querent.data.case_bags`); the checkpoint records which (``bag``).
+        train_ids: Slides (or cases) to train on.
         val_ids: Slides that select the epoch (by the task's main metric); empty: the last.
         out_dir: Folder of model.pt, history.csv and resume.pt.
         encoder: The configured encoder (``features.encoder``), recorded in the checkpoint;
@@ -275,6 +305,10 @@ def train_fold(
             "val": list(val_ids),
             "fold": fold,
             "encoder": encoder,
+            "task": task.state(),  # the targets and their classes (cohort.label, cohort.classes)
+            "covariates": setup.covariates.state() if setup.covariates else None,
+            "bag": bag_mode(files),
+            "case_slides": case_slides(files, [*train_ids, *val_ids]),
         }
         saver = checkpoint.CheckpointSaver(
             model,
@@ -293,11 +327,13 @@ def train_fold(
             setup.train_order.set_epoch(epoch)
             train_loss = train_one_epoch(
                 model, setup.train_loader, task, setup.targets, optimizer, settings=settings,
-                device=dev, epoch=epoch,
+                device=dev, epoch=epoch, covariates=setup.covariate_values,
             )  # fmt: skip
             lr = optimizer.param_groups[0]["lr"]
             setup.scheduler.step()
-            val_loss, val_metric = validate(model, setup.val_loader, task, cohort, dev)
+            val_loss, val_metric = validate(
+                model, setup.val_loader, task, cohort, dev, setup.covariate_values
+            )
             score = _score(val_metric, val_loss) if val_ids else (float(epoch), 0.0)
             row = {
                 "epoch": epoch,
@@ -326,8 +362,10 @@ def train_fold(
                 "run": run.to_dict(),
                 "model_arguments": resolved_arguments(run.arch, run.model),
                 "task": task.state(),
+                "covariates": setup.covariates.state() if setup.covariates else None,
                 "encoder": encoder,
                 "features_encoder": setup.file_encoder or encoder,
+                "bag": bag_mode(files),
                 "in_dim": setup.in_dim,
                 "fold": fold,
                 "epoch": best_epoch,

@@ -6,6 +6,9 @@ A bag is one slide: ``features`` (n, in_dim), ``cells`` (n, 2) integer lattice c
 row) of the patches (level-0 coordinates divided by the lattice step), and optionally ``mask``
 (n,) with False on padded rows. Padded rows are removed before any computation, so padding can
 never change a result; per-patch outputs are scattered back to all n rows.
+
+A model may read clinical covariates besides the bag (:meth:`MILModel.add_covariates`): the
+head then reads the slide embedding and the slide's (c,) encoded covariates side by side.
 """
 
 from __future__ import annotations
@@ -68,16 +71,26 @@ class MILModel(nn.Module):
     Attributes:
         region_size: Lattice cells per region side for models that group patches into regions
             (their data loader builds each bag's grid with it), None for the others.
+        covariate_dim: Width of the encoded covariates the head reads besides the embedding
+            (0: none; :meth:`add_covariates`).
     """
 
     region_size: int | None = None
+    covariate_dim: int = 0
 
     def __init__(self, *, in_dim: int, n_outputs: int, embed_dim: int) -> None:
         super().__init__()
         if in_dim < 1 or n_outputs < 1:
             raise ValueError(f"in_dim and n_outputs must be >= 1, got {in_dim} and {n_outputs}")
-        self.in_dim, self.n_outputs = in_dim, n_outputs
+        self.in_dim, self.n_outputs, self.embed_dim = in_dim, n_outputs, embed_dim
         self.head = Linear(embed_dim, n_outputs)
+
+    def add_covariates(self, dim: int) -> None:
+        """Give the head ``dim`` more inputs, the encoded covariates (a new, untrained head)."""
+        if dim < 1:
+            raise ValueError(f"covariate_dim must be >= 1, got {dim}")
+        self.covariate_dim = dim
+        self.head = Linear(self.embed_dim + dim, self.n_outputs).to(self.head.weight.device)
 
     @classmethod
     def check_arguments(cls, **arguments: Any) -> list[str]:
@@ -134,9 +147,22 @@ class MILModel(nn.Module):
             region_of_patch[mask] = out.region_of_patch
         return replace(out, attention=attention, selected=selected, region_of_patch=region_of_patch)
 
-    def forward_head(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(n_outputs,) logits of a slide embedding."""
-        return self.head(embedding)
+    def forward_head(
+        self, embedding: torch.Tensor, covariates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(n_outputs,) logits of a slide embedding and its (covariate_dim,) covariates."""
+        if (covariates is None) != (self.covariate_dim == 0):
+            raise ValueError(
+                f"this model's head reads {self.covariate_dim} covariate values, got "
+                f"{'none' if covariates is None else tuple(covariates.shape)}"
+            )
+        if covariates is None:
+            return self.head(embedding)
+        if covariates.shape != (self.covariate_dim,):
+            raise ValueError(
+                f"covariates must be ({self.covariate_dim},), got {tuple(covariates.shape)}"
+            )
+        return self.head(torch.cat([embedding, covariates.to(embedding.dtype)]))
 
     def forward(
         self,
@@ -144,10 +170,15 @@ class MILModel(nn.Module):
         cells: torch.Tensor,
         mask: torch.Tensor | None = None,
         grid: RegionGrid | None = None,
+        covariates: torch.Tensor | None = None,
     ) -> MILOutput:
-        """Embed one bag and apply the head (arguments as in :meth:`forward_features`)."""
+        """Embed one bag and apply the head (arguments as in :meth:`forward_features`).
+
+        ``covariates`` are the slide's (covariate_dim,) encoded covariates, for a model with
+        covariates only.
+        """
         out = self.forward_features(features, cells, mask, grid)
-        return replace(out, logits=self.forward_head(out.embedding))
+        return replace(out, logits=self.forward_head(out.embedding, covariates))
 
     def _check_bag(
         self,

@@ -39,13 +39,19 @@ def model_class(name: str) -> Callable[..., MILModel]:
     return _MODELS[name]
 
 
-def create_model(name: str, **kwargs: object) -> MILModel:
+def create_model(name: str, *, covariate_dim: int = 0, **kwargs: object) -> MILModel:
     """Build a registered model; keyword arguments go to its constructor.
+
+    ``covariate_dim`` > 0 widens the head to read that many encoded covariates besides the
+    slide embedding (:meth:`~querent.models.base.MILModel.add_covariates`).
 
     Raises:
         ValueError: Unknown name (the message lists the valid ones).
     """
-    return model_class(name)(**kwargs)
+    model = model_class(name)(**kwargs)
+    if covariate_dim:
+        model.add_covariates(covariate_dim)
+    return model
 
 
 def resolved_arguments(name: str, given: dict) -> dict:

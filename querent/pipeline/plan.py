@@ -38,6 +38,7 @@ from querent.engine.experiment import (
     match_features,
 )
 from querent.engine.runs import model_run
+from querent.pipeline.storage import KeyLister, bucket_slides, is_bucket_url
 
 T = TypeVar("T")
 
@@ -139,7 +140,11 @@ def choose_inputs(config: Mapping, findings: Findings) -> Inputs:
 
 
 def load_slides(
-    config: Mapping, inputs: Inputs, demo_slides: dict[str, Path], findings: Findings
+    config: Mapping,
+    inputs: Inputs,
+    demo_slides: dict[str, Path],
+    findings: Findings,
+    list_bucket: KeyLister | None = None,
 ) -> dict[str, SlideEntry]:
     """Slide id -> SlideEntry (``mpp``: the sheet's override), from the demo, a folder or a sheet.
 
@@ -148,6 +153,7 @@ def load_slides(
         inputs: The run's input.
         demo_slides: The demo's slide files by id (where the demo rules write them).
         findings: Where problems go.
+        list_bucket: Lists a bucket's keys, for ``slides.dir: s3://...`` (None: no S3 plugin).
     """
     if inputs.own_features:
         return {}
@@ -162,6 +168,8 @@ def load_slides(
         return {}
     if sheet:
         entries = findings.check(read_slide_sheet, sheet)
+    elif is_bucket_url(folder):  # each entry's path is the object's URL
+        entries = findings.check(bucket_slides, folder, list_bucket)
     else:
         entries = findings.check(discover_slides, folder)
     return {entry.slide_id: entry for entry in entries or ()}
@@ -201,9 +209,14 @@ def metadata_mpp(
 
     Slides that OpenSlide cannot open are left out: their jobs say what is wrong. The demo's
     slides, which may not exist yet, are made at ``DEMO_MPP``. The metadata is read from each
-    slide's header (milliseconds) and kept in ``cache`` while the file is unchanged.
+    slide's header (milliseconds) and kept in ``cache`` while the file is unchanged. Slides in
+    a bucket are not read before their jobs fetch them: they are left out too.
     """
-    probe = {slide: entry.path for slide, entry in slides.items() if entry.mpp is None}
+    probe = {
+        slide: entry.path
+        for slide, entry in slides.items()
+        if entry.mpp is None and not is_bucket_url(entry.path)
+    }
     if inputs.demo:
         return dict.fromkeys(probe, DEMO_MPP)
     return metadata_mpps(probe, cache=cache)
@@ -484,6 +497,11 @@ def check_registries(
             f"models.{run.name}.{problem}"
             for problem in registries["run_problems"].get(run.name, [])
         )
+        if not run.covariates and not config["cohort"]["covariates"]:
+            findings.notes.append(
+                f"models.{run.name}.covariates: false changes nothing while cohort.covariates "
+                "is empty."
+            )
     cox = registries["min_batch"].get("cox", 1)
     if config["cohort"]["task"] == "survival":
         for run in runs:
@@ -542,9 +560,12 @@ class Plan:
 
         ``slides.mpp_default`` goes only to the slides whose metadata has no MPP, so setting it
         re-runs those slides alone; an override (slide sheet or ``slides.per_slide``) goes to its
-        slide only.
+        slide only. A slide in a bucket, whose metadata is read by its jobs alone, gets it too.
         """
         lacks_mpp = slide in self.metadata_mpp and self.metadata_mpp[slide] is None
+        lacks_mpp |= self.slide_files[slide].mpp is None and is_bucket_url(
+            self.slide_files[slide].path
+        )
         return {
             "slide_id": slide,
             "mpp_override": self.slide_files[slide].mpp,
@@ -569,6 +590,7 @@ def plan_workflow(
     where: CohortInputs,
     mpp_cache: Path,
     findings: Findings,
+    list_bucket: KeyLister | None = None,
 ) -> Plan:
     """Check the config and the inputs; the plan of what runs.
 
@@ -581,6 +603,7 @@ def plan_workflow(
         mpp_cache: Cache file of the slides' metadata MPP; the annotation files' classes are
             cached beside it (``annotations.json``).
         findings: Where problems and notes go.
+        list_bucket: Lists a bucket's keys (``slides.dir: s3://...``); None: no S3 plugin.
     """
     inputs = choose_inputs(config, findings)
     demo = config["demo"]
@@ -590,7 +613,7 @@ def plan_workflow(
     sets = feature_sets(encoders, stain_methods(config["features"]["stain_norm"]))
     paths = {slide: Path(demo_slides.format(slide=slide)) for slide in table["slide_id"]}
     slide_files = apply_per_slide(
-        config, load_slides(config, inputs, paths, findings), inputs, findings
+        config, load_slides(config, inputs, paths, findings, list_bucket), inputs, findings
     )
     metadata = {}
     if slide_files and not findings.problems:

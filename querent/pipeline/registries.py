@@ -36,13 +36,13 @@ def run_problems(models: Mapping) -> dict[str, list[str]]:
     Runs whose ``arch`` or argument names are unknown are left to
     :func:`querent.engine.runs.model_run`, which names them.
     """
-    from querent.engine.runs import model_arguments
+    from querent.engine.runs import RUN_KEYS, model_arguments
     from querent.models.registry import argument_problems
 
     known = model_arguments()
     problems = {}
     for name, spec in models.items():
-        given = {key: value for key, value in spec.items() if key not in ("arch", "training")}
+        given = {key: value for key, value in spec.items() if key not in RUN_KEYS}
         arch = spec.get("arch")
         if arch in known and set(given) <= set(known[arch]):
             problems[name] = argument_problems(arch, given)

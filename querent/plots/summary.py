@@ -19,13 +19,13 @@ def summary_figure(summary: pd.DataFrame, metric: str) -> Figure:
     Args:
         summary: The ``summary.tsv`` table: ``model``, ``encoder`` and ``{metric}_pooled``,
             ``{metric}_ci_low``, ``{metric}_ci_high``, ``{metric}_mean`` columns, one row per
-            model run. Rows without a pooled value for ``metric`` (runs of another task) are
-            left out.
+            model run (and ``target``, one row per run and target, for several label columns).
+            Rows without a pooled value for ``metric`` (runs of another task) are left out.
         metric: The metric to draw, such as ``auc`` or ``c_index``.
 
     Returns:
-        The figure: one bar per run labelled ``model (encoder)``, best at the top, at the
-        metric of the pooled out-of-fold cases; the error bar spans its bootstrap
+        The figure: one bar per run labelled ``model (encoder)`` (``: target``), best at the
+        top, at the metric of the pooled out-of-fold cases; the error bar spans its bootstrap
         ``[ci_low, ci_high]``; a diamond marks the mean over folds (coarse with few cases per
         fold); a dashed line at chance for metrics in :data:`CHANCE` (0.5 is binary chance
         for balanced accuracy).
@@ -48,6 +48,10 @@ def summary_figure(summary: pd.DataFrame, metric: str) -> Figure:
     high = table[high_column].to_numpy(dtype=float)
     fold_mean = table[mean_column].to_numpy(dtype=float)
     labels = [f"{m} ({e})" for m, e in zip(table["model"], table["encoder"], strict=True)]
+    if "target" in table.columns:
+        labels = [
+            f"{label}: {target}" for label, target in zip(labels, table["target"], strict=True)
+        ]
 
     figure = new_figure(7.0, 1.6 + 0.35 * len(table))
     ax = figure.add_subplot()

@@ -18,6 +18,7 @@ from querent.pipeline.plan import (
     check_registries,
     plan_workflow,
 )
+from querent.pipeline.storage import bucket_lister, is_bucket_url, storage_problems
 from querent.schemas.validation import check_config
 from querent.schemas import COHORT_SCHEMA, CONFIG_SCHEMA
 
@@ -41,6 +42,9 @@ STATE = Path(".snakemake/querent")
 DEMO_SLIDE = "resources/demo/slides/{slide}.svs"
 DEMO_SHEET = "resources/demo/cohort.csv"
 EXTRACTED = "results/features/{encoder}"
+#: Results go to a bucket (--default-storage-provider s3, docs/storage.md); the user's own files
+#: (slides, sheets) stay where they are: own_file() keeps them out of the bucket.
+RESULTS_IN_BUCKET = workflow.storage_settings.default_storage_provider is not None
 
 
 def note(message):
@@ -64,7 +68,9 @@ PLAN = plan_workflow(
     where=CohortInputs(DEMO_SHEET, EXTRACTED, yaml.safe_load(COHORT_SCHEMA.read_text())),
     mpp_cache=STATE / "slide_mpp.json",
     findings=FINDINGS,
+    list_bucket=bucket_lister(storage),  # slides.dir: s3://..., listed with the plugin's client
 )
+FINDINGS.problems += storage_problems(config, RESULTS_IN_BUCKET)
 if PLANNER:
     try:
         found = registries.finish(REGISTRIES, STATE / "registries.json")
@@ -107,25 +113,38 @@ wildcard_constraints:
 # --- input functions and params -----------------------------------------------------------
 
 
+def own_file(path):
+    """A file of the user's, which no rule makes: read where it is, never from the bucket."""
+    return local(str(path))
+
+
 def cohort_sheet():
-    """The cohort sheet: cohort.sheet, else the demo's."""
-    return config["cohort"]["sheet"] or DEMO_SHEET
+    """The cohort sheet: cohort.sheet, else the demo's (with results in a bucket: the copy that
+    a job fetches, whose path the jobs' params give)."""
+    if config["cohort"]["sheet"]:
+        return own_file(config["cohort"]["sheet"])
+    if not RESULTS_IN_BUCKET:
+        return DEMO_SHEET
+    settings = workflow.storage_settings
+    in_bucket = getattr(storage, settings.default_storage_provider)
+    return in_bucket(f"{settings.default_storage_prefix.rstrip('/')}/{DEMO_SHEET}")
 
 
 def cohort_params():
     """The cohort section, its sheet resolved (the demo's when empty): a param of MIL jobs."""
-    return {**config["cohort"], "sheet": cohort_sheet()}
+    return {**config["cohort"], "sheet": str(cohort_sheet())}
 
 
 def split_file_input():
     """The user's split file as an input, so editing it re-runs the splits."""
-    return [config["splits"]["file"]] if config["splits"]["file"] else []
+    return [own_file(config["splits"]["file"])] if config["splits"]["file"] else []
 
 
 def train_features(wildcards):
     """The job encoder's feature files of every slide that trains or evaluates."""
     folder = features_folder(config, wildcards.encoder, EXTRACTED)
-    return [str(folder / f"{slide}.h5") for slide in TRAIN_SLIDES]
+    files = [str(folder / f"{slide}.h5") for slide in TRAIN_SLIDES]
+    return [own_file(path) for path in files] if OWN_FEATURES else files
 
 
 def training_of_seed(wildcards):
@@ -145,11 +164,16 @@ def stain_target(wildcards):
     """The stain reference image of a normalised feature set, as an input ([]: none or built-in)."""
     _, method = split_feature_set(wildcards.encoder)
     target = config["features"]["stain_target"]
-    return [target] if target and method != NO_STAIN_NORM else []
+    return [own_file(target)] if target and method != NO_STAIN_NORM else []
 
 
 def slide_path_of(slide):
-    return str(SLIDE_FILES[slide].path)
+    """The slide as a job input: a bucket's object (fetched to a local file before the job
+    starts), a file of the user's, or the demo's (a rule's output)."""
+    path = SLIDE_FILES[slide].path
+    if is_bucket_url(path):
+        return storage.s3(path)
+    return str(path) if DEMO else own_file(path)
 
 
 def slide_path(wildcards):
@@ -167,7 +191,7 @@ def slide_kwargs(wildcards):
 def trained_slides():
     """Slide files of the slides that train (the top-patch mosaics read them); none for
     features.dir, whose slides the workflow never sees."""
-    return [str(SLIDES[slide].path) for slide in TRAIN_SLIDES if slide in SLIDES]
+    return [slide_path_of(slide) for slide in TRAIN_SLIDES if slide in SLIDES]
 
 
 def trained_slide_kwargs():

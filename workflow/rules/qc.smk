@@ -4,11 +4,12 @@
 
 QC_TABLE = "results/qc/summary.tsv"
 QC_LAST_RUN = "results/qc/last_run.tsv"
-#: Arguments of extractors.qc.qc_table: every slide of the input; where the slide stages write
+#: Arguments of extractors.qc.qc_table: every slide of the input (none with results in a bucket:
+#: the table reads the files and logs here); where the slide stages write
 #: (path patterns with {slide} and {encoder}, from their rules); the slides that train (None: nothing trains,
 #: the run stops at features); the slides this run leaves out, with the reason.
 QC_SETTINGS = {
-    "slides": sorted(SLIDE_FILES),
+    "slides": [] if RESULTS_IN_BUCKET else sorted(SLIDE_FILES),
     "layout": {
         **{
             name: str(pattern)

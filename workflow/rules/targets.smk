@@ -32,7 +32,9 @@ def training_outputs():
 
 def report_outputs():
     """What the report shows: QC table, plots, heatmaps, top patches (``report_only``)."""
-    outputs = [] if OWN_FEATURES else ["results/qc/summary.tsv"]
+    # The QC table reads the slide stages' files and logs in the working directory: not with
+    # results in a bucket (docs/storage.md).
+    outputs = [] if OWN_FEATURES or RESULTS_IN_BUCKET else ["results/qc/summary.tsv"]
     if not TRAIN_SLIDES:
         return outputs
     runs = {"model": config["models"], "encoder": ENCODERS}
