@@ -9,12 +9,14 @@ from tests.helpers import shared_slide
 
 
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (``-n 2 --dist loadgroup``), one worker runs each test file, and one
-    runs every test of the tiny workflow run: module and session fixtures are built once."""
+    """Under pytest-xdist (``-n 2 --dist loadgroup``) a worker runs a test file whole, so its
+    module fixtures are built once; the files that run the workflow are handed out first, so the
+    longest ones do not start last."""
+    workflow_runs = ("tests/workflow/", "tests/hpc/")
+    # stable: each file stays whole
+    items.sort(key=lambda item: not item.nodeid.startswith(workflow_runs))
     for item in items:
-        shares_run = "tiny_run" in item.fixturenames
-        group = "tiny_run" if shares_run else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ rule train_model:
         runtime=240,
         gpu=1,
     params:
-        cohort=cohort_params(),
+        cohort=lambda wildcards: cohort_params(wildcards.model),
         splits=config["splits"],
         run=lambda wildcards: config["models"][wildcards.model],
         training=training_of_seed,
@@ -61,7 +61,7 @@ rule evaluate_model:
         runtime=60,
         gpu=1,
     params:
-        cohort=cohort_params(),
+        cohort=lambda wildcards: cohort_params(wildcards.model),
         splits=config["splits"],
     script:
         "../scripts/evaluate_model.py"
