@@ -1,22 +1,34 @@
 """Fixtures of every test: the real slides of ../shared/slides, made slides and cohorts."""
 
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A worker per core (-n auto): one OpenMP thread in each worker and in the jobs it starts,
+    # or the threads of two workers spin against each other. Set before numpy or torch loads.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-from tests.helpers import shared_slide
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import shared_slide  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (``-n 2 --dist loadgroup``) a worker runs a test file whole, so its
-    module fixtures are built once; the files that run the workflow are handed out first, so the
-    longest ones do not start last."""
+    """Groups of pytest-xdist (``-n auto --dist loadgroup``): the tests of a file that builds a
+    module fixture run on one worker, so it is built once; every other test goes to whichever
+    worker is free. The files that run the workflow are handed out first, so the longest tests
+    do not start last."""
     workflow_runs = ("tests/workflow/", "tests/hpc/")
     # stable: each file stays whole
     items.sort(key=lambda item: not item.nodeid.startswith(workflow_runs))
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
+        shared = any(d.scope in ("module", "class", "package") for defs in fixtures for d in defs)
+        item.add_marker(
+            pytest.mark.xdist_group(item.nodeid.split("::")[0] if shared else item.nodeid)
+        )
 
 
 @pytest.fixture
