@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from querent.layers.linear import Linear
-from querent.layers.query_aware import SELECTIONS, query_aware_attention
+from querent.layers.query_aware import KERNELS, SELECTIONS, query_aware_attention
 from querent.layers.regions import RegionLayout
 from querent.layers.scorers import make_scorer, scorer_problems
 
@@ -39,6 +39,7 @@ def query_aware_problems(
     chunk_size: int,
     scorer: str,
     summary: str,
+    kernel: str = "tiled",
 ) -> list[str]:
     """What :class:`QueryAwareSelfAttention` refuses besides its projections, one line each."""
     problems = []
@@ -51,6 +52,8 @@ def query_aware_problems(
         problems.append(f"selection: unknown {selection!r}; choose one of: {', '.join(SELECTIONS)}")
     if chunk_size < 1:
         problems.append(f"chunk_size: must be >= 1 (got {chunk_size})")
+    if kernel not in (*KERNELS, "auto"):
+        problems.append(f"kernel: unknown {kernel!r}; choose one of: auto, {', '.join(KERNELS)}")
     return problems + scorer_problems(scorer, summary)
 
 
@@ -120,6 +123,9 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         distance_bias: Add ``-slope * distance`` (in regions, from the query's region) to each
             head's logits, slopes learned from ``1, 1/2, 1/4, ...`` (not in the paper; see
             :mod:`querent.layers.query_aware`).
+        kernel: How the attention over the picks runs: ``tiled`` (gathers in query chunks),
+            ``flex`` (block-sparse FlexAttention, compiled) or ``auto`` (``flex`` on CUDA,
+            ``tiled`` elsewhere). The same picks and attention either way.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class QueryAwareSelfAttention(MultiHeadProjections):
         chunk_size: int = 1024,
         prune: bool = True,
         distance_bias: bool = False,
+        kernel: str = "tiled",
     ) -> None:
         super().__init__(dim=dim, heads=heads, head_dim=head_dim)
         _refuse(
@@ -146,9 +153,11 @@ class QueryAwareSelfAttention(MultiHeadProjections):
                 chunk_size=chunk_size,
                 scorer=scorer,
                 summary=summary,
+                kernel=kernel,
             )
         )
         self.top_k, self.selection, self.chunk_size = top_k, selection, chunk_size
+        self.kernel = kernel
         self.local, self.prune = local, prune
         self.scorer = make_scorer(
             scorer, dim=dim, heads=heads, head_dim=self.head_dim, summary=summary
@@ -184,5 +193,6 @@ class QueryAwareSelfAttention(MultiHeadProjections):
                 if self.distance_slope is None
                 else nn.functional.softplus(self.distance_slope).to(q.dtype)
             ),
+            kernel=("flex" if x.is_cuda else "tiled") if self.kernel == "auto" else self.kernel,
         )
         return self.merge(out), selected

@@ -32,6 +32,7 @@ import torch
 from einops import rearrange, repeat
 from torch.utils.checkpoint import checkpoint
 
+from querent.layers.flex import flex_query_aware
 from querent.layers.regions import (
     RegionLayout,
     from_regions,
@@ -49,6 +50,8 @@ from querent.layers.tiled import (
 )
 
 SELECTIONS = ("patch", "region")
+#: How the attention over the picks runs: gathers in query chunks, or block-sparse FlexAttention.
+KERNELS = ("tiled", "flex")
 
 
 def _select(
@@ -144,6 +147,7 @@ def query_aware_attention(
     chunk_size: int = 1024,
     prune: bool = True,
     distance_slopes: torch.Tensor | None = None,
+    kernel: str = "tiled",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of every query over the keys of its top-k regions.
 
@@ -164,6 +168,9 @@ def query_aware_attention(
             regions as scoring them all. False scores every region.
         distance_slopes: (h,) non-negative slopes of a distance bias on the logits (see the
             module docstring), or None for none.
+        kernel: ``tiled`` (gathers in query chunks, :mod:`querent.layers.tiled`) or ``flex``
+            (block-sparse FlexAttention, :mod:`querent.layers.flex`; the GPU kernel). The
+            same picks and the same attention either way.
 
     Returns:
         (outputs (n, h, dv), selected regions (h, n, k); -1 marks no region, where a query had
@@ -171,49 +178,92 @@ def query_aware_attention(
     """
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of: {SELECTIONS}")
-    n_regions, n_slots = layout.slots.shape
-    heads = q.shape[1]
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of: {KERNELS}")
+    n_regions = layout.n_regions
     top = n_regions if top_k is None else min(top_k, n_regions)
     local = local and top_k is not None
     if top == 0 and not local:
         raise ValueError("top_k=0 picks no region: it needs local=True (a fixed local window)")
-    keys = rearrange(to_regions(k, layout), "r s h d -> (r h) s d")
-    values = rearrange(to_regions(v, layout), "r s h d -> (r h) s d")
-    block_valid = repeat(layout.valid, "r s -> (r h) s", h=heads)
-    if local:  # one empty region at index n_regions stands for "no region"
-        keys = torch.cat([keys, keys.new_zeros(heads, *keys.shape[1:])])
-        values = torch.cat([values, values.new_zeros(heads, *values.shape[1:])])
-        block_valid = torch.cat([block_valid, block_valid.new_zeros(heads, n_slots)])
     near = layout.neighbours.masked_fill(layout.neighbours < 0, n_regions) if local else None
     if selection == "patch":
         # queries by area, so a chunk's queries are neighbours that share key blocks
         order = patches_by_area(layout)
-        groups, group_queries = q.index_select(0, order), scoring.queries.index_select(0, order)
-        step, attend, attend_backward = chunk_size, attend_per_query, attend_per_query_backward
+        group_queries = scoring.queries.index_select(0, order)
+        group_regions = layout.region_of_patch.index_select(0, order)
+        step = chunk_size
         if local:
-            near = near.index_select(0, layout.region_of_patch.index_select(0, order))
+            near = near.index_select(0, group_regions)
     else:
-        groups = to_regions(q, layout)
         group_queries = region_mean(scoring.queries, layout)
-        step = max(1, chunk_size // n_slots)
-        attend, attend_backward = attend_shared, attend_shared_backward
+        group_regions = torch.arange(n_regions, device=q.device)
+        step = max(1, chunk_size // layout.slots.shape[1])
     prune = prune and selection == "patch"
     selected, bias = _select(scoring, group_queries, top, step, near, n_regions, prune)
     if distance_slopes is not None:
-        group_regions = (
-            layout.region_of_patch.index_select(0, order)
-            if selection == "patch"
-            else torch.arange(n_regions, device=q.device)
-        )
         near_bias = distance_bias(layout, group_regions, selected, distance_slopes)
         bias = near_bias if bias is None else bias + near_bias
+    back = None
+    if selection == "patch":  # from area order back to patch order
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)
+    if kernel == "flex":
+        if back is not None:
+            selected, bias = selected[:, back], None if bias is None else bias[:, back]
+        out = flex_query_aware(q, k, v, layout, selected, bias, per_patch=back is not None)
+    else:
+        out = _tiled(q, k, v, layout, selected, bias, order if back is not None else None, step)
+        if back is not None:
+            selected = selected[:, back]
+    selected = selected.masked_fill(selected == n_regions, -1)
+    return out, selected if selection == "patch" else selected[:, layout.region_of_patch]
+
+
+def _tiled(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: RegionLayout,
+    selected: torch.Tensor,
+    bias: torch.Tensor | None,
+    order: torch.Tensor | None,
+    step: int,
+) -> torch.Tensor:
+    """(n, h, dv) attention over the picks through the gather kernels of the tiled module.
+
+    Args:
+        q: (n, h, d) queries.
+        k: (n, h, d) keys.
+        v: (n, h, dv) values.
+        layout: Region layout of the patches.
+        selected: (h, g, k) picks of each patch (in ``order``) or of each region;
+            ``n_regions`` marks none.
+        bias: (h, g, k) logit bias of each pick, or None.
+        order: The patches in the order of ``selected`` (per-patch selection), or None
+            (per-region selection).
+        step: Query groups attended at once.
+    """
+    n_regions, n_slots = layout.slots.shape
+    heads = q.shape[1]
+    keys = rearrange(to_regions(k, layout), "r s h d -> (r h) s d")
+    values = rearrange(to_regions(v, layout), "r s h d -> (r h) s d")
+    block_valid = repeat(layout.valid, "r s -> (r h) s", h=heads)
+    if (selected == n_regions).any():  # one empty region at index n_regions stands for none
+        keys = torch.cat([keys, keys.new_zeros(heads, *keys.shape[1:])])
+        values = torch.cat([values, values.new_zeros(heads, *values.shape[1:])])
+        block_valid = torch.cat([block_valid, block_valid.new_zeros(heads, n_slots)])
+    if order is not None:
+        groups = q.index_select(0, order)
+        attend, attend_backward = attend_per_query, attend_per_query_backward
+    else:
+        groups = to_regions(q, layout)
+        attend, attend_backward = attend_shared, attend_shared_backward
     blocks = selected * heads + torch.arange(heads, device=q.device)[:, None, None]
     out = ChunkedAttention.apply(
         groups, keys, values, bias, blocks, block_valid, attend, attend_backward, step
     )
-    selected = selected.masked_fill(selected == n_regions, -1)
-    if selection == "patch":
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order), device=order.device)
-        return out.index_select(0, back), selected[:, back]
-    return from_regions(out, layout), selected[:, layout.region_of_patch]
+    if order is None:
+        return from_regions(out, layout)
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order), device=order.device)
+    return out.index_select(0, back)

@@ -56,20 +56,28 @@ class RegionLayout:
         return self.slots.shape[0]
 
 
-def patches_by_area(layout: RegionLayout) -> torch.Tensor:
-    """(n,) every patch, region by region, the regions in Z-order of their lattice cells.
+def regions_by_area(layout: RegionLayout) -> torch.Tensor:
+    """(r,) every region, in Z-order of its lattice cell (index order where cells are unknown).
 
-    Consecutive patches then fill compact squares of regions (4 x 4 regions, 8 x 8, ...)
-    rather than rows; in index order (where the cells are unknown) regions go row by row.
+    Consecutive regions then fill compact squares (2 x 2 regions, 4 x 4, ...) rather than rows.
     """
     regions = torch.arange(layout.n_regions, device=layout.slots.device)
-    if layout.region_cells is not None and layout.n_regions > 0:
-        cells = layout.region_cells - layout.region_cells.min(dim=0).values
-        code = torch.zeros_like(regions)
-        for bit in range(max(int(cells.max()).bit_length(), 1)):
-            code |= ((cells[:, 0] >> bit) & 1) << (2 * bit)
-            code |= ((cells[:, 1] >> bit) & 1) << (2 * bit + 1)
-        regions = torch.argsort(code)
+    if layout.region_cells is None or layout.n_regions == 0:
+        return regions
+    cells = layout.region_cells - layout.region_cells.min(dim=0).values
+    code = torch.zeros_like(regions)
+    for bit in range(max(int(cells.max()).bit_length(), 1)):
+        code |= ((cells[:, 0] >> bit) & 1) << (2 * bit)
+        code |= ((cells[:, 1] >> bit) & 1) << (2 * bit + 1)
+    return torch.argsort(code)
+
+
+def patches_by_area(layout: RegionLayout) -> torch.Tensor:
+    """(n,) every patch, region by region, the regions in :func:`regions_by_area` order.
+
+    Consecutive patches then fill compact squares of regions rather than rows.
+    """
+    regions = regions_by_area(layout)
     return layout.slots[regions][layout.valid[regions]]
 
 

@@ -117,6 +117,9 @@ class Querent(TransformerMIL):
             the cells relative to the slide's centre, scaled by a learned gain).
         dropout: Dropout in the blocks and the pooling.
         chunk_size: Queries attended at once (bounds memory).
+        kernel: ``tiled`` (gathers in query chunks), ``flex`` (block-sparse FlexAttention,
+            compiled; the GPU kernel) or ``auto`` (``flex`` on CUDA, else ``tiled``): the same
+            attention, a runtime choice.
     """
 
     def __init__(
@@ -138,13 +141,14 @@ class Querent(TransformerMIL):
         positional: str = "none",
         dropout: float = 0.0,
         chunk_size: int = 1024,
+        kernel: str = "tiled",
     ) -> None:
         refuse(
             self.check_arguments(
                 dim=dim, heads=heads, depth=depth, region_size=region_size, top_k=top_k,
                 scorer=scorer, selection=selection, summary=summary, local=local,
                 distance_bias=distance_bias, mlp_ratio=mlp_ratio, positional=positional,
-                dropout=dropout, chunk_size=chunk_size,
+                dropout=dropout, chunk_size=chunk_size, kernel=kernel,
             )
         )  # fmt: skip
         attention = [
@@ -158,6 +162,7 @@ class Querent(TransformerMIL):
                 local=local,
                 distance_bias=distance_bias,
                 chunk_size=chunk_size,
+                kernel=kernel,
             )
             for _ in range(depth)
         ]
@@ -191,6 +196,7 @@ class Querent(TransformerMIL):
         positional: str,
         dropout: float,
         chunk_size: int,
+        kernel: str = "tiled",
     ) -> list[str]:
         """The body's checks, ``region_size`` >= 1 and the query-aware attention's."""
         body = cls.body_problems(
@@ -207,6 +213,7 @@ class Querent(TransformerMIL):
                 chunk_size=chunk_size,
                 scorer=scorer,
                 summary=summary,
+                kernel=kernel,
             )
         )
 

@@ -1,0 +1,214 @@
+"""Query-aware attention as block-sparse FlexAttention (the GPU kernel).
+
+Axes: ``n`` patches, ``r`` regions, ``s`` slots per region (region_size²), ``h`` heads, ``d``
+head features, ``k`` picked regions per query, ``L`` sequence positions.
+
+The patches are laid out as one sequence, region after region (regions in Z-order of their
+cells, each region ``s`` slots, empty slots included), so a region's keys are one contiguous
+run and neighbouring regions share blocks of the sequence. The picks of a block of queries
+then name the key blocks they read: the block mask holds, for each head and query block, the
+key blocks of the regions its queries picked, and the mask inside a block keeps a key when its
+region is among the query's picks and its slot holds a patch. Per-patch selection (the
+paper's) is that per-query mask; region-shared selection is the same with the picks of the
+query's region. A bias per pick (the scorer's straight-through gradient, the distance bias)
+is added to the logits of that region's keys.
+
+The result equals exact softmax attention restricted to the picked regions, which is what
+:mod:`querent.layers.tiled` computes with gathers on the CPU; this path leaves the tiling,
+the online softmax and the recomputing backward pass to PyTorch's FlexAttention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from querent.layers.regions import RegionLayout, regions_by_area
+
+#: Query and key positions per block of the mask (the kernel's tile sizes must divide them).
+BLOCK_SIZE = (128, 128)
+
+
+@functools.cache
+def _compiled_flex(dynamic: bool):
+    """``flex_attention`` compiled once (a fused kernel; unfused it materialises all scores).
+
+    Dynamic shapes on CUDA, so bags of every size share one kernel; Inductor's CPU template
+    builds only with static shapes (it then compiles again for every new sequence length).
+    """
+    return torch.compile(flex_attention, dynamic=dynamic)
+
+
+class RegionSequence:
+    """Where every region and slot sits in the sequence, and the block mask of the picks.
+
+    Args:
+        layout: Region layout of the patches.
+        picks: (h, g, k) picked regions of each query group (patches in patch order, or
+            regions), ``n_regions`` marking none.
+        per_patch: Groups are patches (per-patch selection) rather than regions.
+        block_size: (query, key) positions per mask block.
+    """
+
+    def __init__(
+        self,
+        layout: RegionLayout,
+        picks: torch.Tensor,
+        *,
+        per_patch: bool,
+        block_size: tuple[int, int] = BLOCK_SIZE,
+    ) -> None:
+        n_regions, slots = layout.slots.shape
+        self.block_size = block_size
+        order = regions_by_area(layout)
+        step = math.lcm(*block_size)
+        self.length = -(-n_regions * slots // step) * step
+        padding = self.length - n_regions * slots
+        # patch at each position (-1: none), region at each position (n_regions: padding)
+        self.patch_at = torch.cat(
+            [layout.slots[order].flatten(), layout.slots.new_full((padding,), -1)]
+        )
+        self.region_at = torch.cat(
+            [order.repeat_interleave(slots), order.new_full((padding,), n_regions)]
+        )
+        self.key_valid = self.patch_at >= 0
+        # picks of each query position: by patch, or by the region of the position
+        none = picks.new_full((picks.shape[0], 1, picks.shape[2]), n_regions)
+        if per_patch:
+            rows = torch.where(self.key_valid, self.patch_at, picks.shape[1])
+        else:
+            rows = self.region_at
+        self.query_row = rows
+        self.picks = torch.cat([picks, none], dim=1).to(torch.int32)
+        self.n_regions = n_regions
+
+    def _blocks_of_regions(self, kv_block: int) -> torch.Tensor:
+        """(r + 1, most) the key blocks holding a patch of each region; ``n_kv`` pads rows."""
+        n_kv = self.length // kv_block
+        position = self.key_valid.nonzero().squeeze(-1)
+        pairs = torch.unique(self.region_at[position] * n_kv + position // kv_block)
+        region, block = pairs // n_kv, pairs % n_kv
+        counts = torch.bincount(region, minlength=self.n_regions + 1)
+        rank = torch.arange(len(pairs), device=pairs.device) - (counts.cumsum(0) - counts)[region]
+        table = pairs.new_full((self.n_regions + 1, max(int(counts.max()), 1)), n_kv)
+        table[region, rank] = block
+        return table
+
+    def block_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kv_num_blocks (1, h, qb), kv_indices (1, h, qb, most)): the key blocks to read.
+
+        A query block lists a key block when one of its queries picked a region with a patch
+        in that block: no block it needs is missing, and none is read for nothing. The index
+        table holds (L / block)² entries a head, as PyTorch's own block masks do.
+        """
+        q_block, kv_block = self.block_size
+        heads, n_rows, _ = self.picks.shape
+        n_q, n_kv = self.length // q_block, self.length // kv_block
+        device = self.picks.device
+        # the (query block, picks row) pairs: one per region and block under region selection
+        groups = torch.unique(
+            torch.arange(self.length, device=device) // q_block * n_rows + self.query_row
+        )
+        q_of_group, row = groups // n_rows, groups % n_rows
+        blocks = self._blocks_of_regions(kv_block)[self.picks[:, row].long()]  # (h, g, k, span)
+        head = torch.arange(heads, device=device).view(-1, 1, 1, 1)
+        keys = (head * n_q + q_of_group.view(1, -1, 1, 1)) * n_kv + blocks
+        pairs = torch.unique(keys[blocks < n_kv])
+        group, block = pairs // n_kv, pairs % n_kv
+        counts = torch.bincount(group, minlength=heads * n_q)
+        rank = torch.arange(len(pairs), device=device) - (counts.cumsum(0) - counts)[group]
+        # as wide as the key blocks (the mask's key length; PyTorch's own masks are too)
+        indices = torch.zeros(heads * n_q, n_kv, dtype=torch.int32, device=device)
+        indices[group, rank] = block.to(torch.int32)
+        return counts.view(1, heads, n_q).to(torch.int32), indices.view(1, heads, n_q, -1)
+
+    def mask_mod(self, b, h, q, kv):
+        """Whether query position ``q`` of head ``h`` reads key position ``kv``."""
+        region, row = self.region_at[kv], self.query_row[q]
+        hit = self.picks[h, row, 0] == region
+        for j in range(1, self.picks.shape[2]):
+            hit = hit | (self.picks[h, row, j] == region)
+        return hit & self.key_valid[kv]
+
+    def block_mask(self) -> BlockMask:
+        """The FlexAttention block mask of the picks."""
+        counts, indices = self.block_lists()
+        return BlockMask.from_kv_blocks(
+            counts,
+            indices,
+            BLOCK_SIZE=self.block_size,
+            mask_mod=self.mask_mod,
+            seq_lengths=(self.length, self.length),
+        )
+
+    def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, h, d) per patch -> (1, h, L, d) per position (empty positions hold patch 0)."""
+        return x.index_select(0, self.patch_at.clamp(min=0)).permute(1, 0, 2).unsqueeze(0)
+
+    def from_sequence(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(1, h, L, d) per position -> (n, h, d) per patch."""
+        position = torch.empty(n, dtype=torch.long, device=x.device)
+        valid = self.key_valid.nonzero().squeeze(-1)
+        position[self.patch_at[valid]] = valid
+        return x[0].index_select(1, position).permute(1, 0, 2)
+
+
+def flex_query_aware(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: RegionLayout,
+    picks: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    per_patch: bool,
+    block_size: tuple[int, int] = BLOCK_SIZE,
+    compiled: bool = True,
+) -> torch.Tensor:
+    """Softmax attention of every query over the keys of its picked regions, with FlexAttention.
+
+    Args:
+        q: (n, h, d) queries.
+        k: (n, h, d) keys.
+        v: (n, h, dv) values.
+        layout: Region layout of the patches.
+        picks: (h, g, k) picked regions per group (patches, or regions), ``n_regions``: none.
+        bias: (h, g, k) added to the logits of each pick's keys, or None.
+        per_patch: Groups are patches (per-patch selection) rather than regions.
+        block_size: (query, key) positions per mask block.
+        compiled: Run the fused kernel (``torch.compile``); False runs FlexAttention's
+            reference path, which holds all (L, L) scores (small inputs and tests only).
+
+    Returns:
+        (n, h, dv) outputs.
+    """
+    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(
+            "kernel 'flex': PyTorch's FlexAttention has no backward pass on the CPU; train on "
+            "the CPU with kernel: tiled (or auto: flex on CUDA, tiled elsewhere)"
+        )
+    sequence = RegionSequence(layout, picks, per_patch=per_patch, block_size=block_size)
+    score_mod = None
+    if bias is not None:
+        none = bias.new_zeros(bias.shape[0], 1, bias.shape[2])
+        table = torch.cat([bias, none], dim=1)
+
+        def score_mod(score, b, h, q_pos, kv_pos):
+            region, row = sequence.region_at[kv_pos], sequence.query_row[q_pos]
+            for j in range(table.shape[2]):
+                hit = sequence.picks[h, row, j] == region
+                score = score + torch.where(hit, table[h, row, j], 0.0)
+            return score
+
+    attend = _compiled_flex(q.is_cuda) if compiled else flex_attention
+    out = attend(
+        sequence.to_sequence(q),
+        sequence.to_sequence(k),
+        sequence.to_sequence(v),
+        score_mod=score_mod,
+        block_mask=sequence.block_mask(),
+    )
+    return sequence.from_sequence(out, q.shape[0])
