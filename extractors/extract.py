@@ -38,9 +38,10 @@ class ExtractionOptions:
     Attributes:
         batch_size: Patches per encoder call (about; blocks are not split); None: 256 on CUDA,
             16 on CPU (larger CPU batches run slower, measured on EfficientNet-Lite0).
-        num_workers: Reader processes (0: read in the main process); None: up to 8 on CUDA,
-            and on CPU none for two torch threads or fewer (a reader would slow the encoder
-            down more than it saves), else one.
+        num_workers: Reader processes (0: read in the main process); None: on CUDA one per
+            core this process may run on (a cluster job's own cores) but one, up to 16 (the
+            GPU waits on reading for small encoders); on CPU none for two torch threads or
+            fewer (a reader would slow the encoder down more than it saves), else one.
         block_cells: Lattice cells per side of one region read.
         skip_errors: Skip patches whose region fails to decode twice (recorded) or fail.
         allow_mpp_mismatch: Encode even if the patch resolution differs from the encoder's.
@@ -63,7 +64,7 @@ class ExtractionOptions:
         if self.num_workers is not None:
             return self.num_workers
         if device.type == "cuda":
-            return max(1, min(8, (os.cpu_count() or 2) - 1))
+            return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
         return 0 if torch.get_num_threads() <= 2 else 1
 
 
