@@ -114,6 +114,16 @@ def goals(rows: list[dict]) -> list[dict]:
     return out
 
 
+def write(out: Path, device: str, rows: list[dict]) -> dict:
+    """Write the rows so far and their goals (after every row: a run cut short keeps them)."""
+    result = {"benchmark": "attention", "device": device, "rows": rows, "goals": goals(rows)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(out)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -137,17 +147,13 @@ def main() -> None:
         for n, following in zip(sizes, [*sizes[1:], None], strict=True):
             row = measure(variant, n, device, args.repeats)
             rows.append(row)
+            write(args.out, name, rows)
             peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.2f}"
             print(f"{variant:14s} {n:>7d}  {row['ms']:10.1f} ms  peak {peak} GB", flush=True)
             if following and row["ms"] / 1e3 * (following / n) ** growth > args.step_limit_s:
                 print(f"{variant}: {following} and up skipped (a step would take too long)")
                 break
-    result = {"benchmark": "attention", "device": name, "rows": rows, "goals": goals(rows)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(args.out)
-    for goal in result["goals"]:
+    for goal in write(args.out, name, rows)["goals"]:
         print(f"{'met ' if goal['met'] else 'MISS'} {goal['goal']}: {goal['value']:.2f}")
 
 

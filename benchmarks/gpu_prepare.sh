@@ -4,7 +4,8 @@
 #
 #   .whl/       py3.12 manylinux x86-64 wheels that the image lacks: OpenSlide (our reader and
 #               TRIDENT's), imagecodecs (tifffile's JPEG encoder, which writes the generated
-#               slide), geopandas + shapely (imported by TRIDENT's package)
+#               slide), geopandas + shapely (imported by TRIDENT's package), lifelines and its
+#               autograd pair (our metrics), nystrom-attention (TransMIL, in our model registry)
 #   .trident/   TRIDENT's source (mahmoodlab/TRIDENT, CC BY-NC-ND 4.0: never committed, it only
 #               travels in this ignored folder)
 #   shared/slides/  two of the real slides of ../shared/slides (../shared does not travel)
@@ -25,7 +26,13 @@ WHEELS=(
     imagecodecs==2026.3.6
     geopandas==1.2.0
     shapely==2.2.0
+    lifelines==0.30.3
+    autograd==1.9.1
+    nystrom-attention==0.0.14
+    pytz==2026.6
 )
+# published as source only: built into a wheel here (pure Python)
+SOURCE_ONLY=(autograd-gamma==0.5.0)
 SLIDES=(cmu-1-small-region.svs tcga-cr-7395-01a-01-ts1.svs)
 TRIDENT_GIT_DIR=${TRIDENT_GIT_DIR:-/work/.mirror/mahmoodlab+TRIDENT/repo}
 LIMIT_MIB=64
@@ -53,6 +60,10 @@ for spec in "${WHEELS[@]}"; do
     done
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp "${platforms[@]}" -d .whl "$spec"
+done
+
+for spec in "${SOURCE_ONLY[@]}"; do
+    python3 -m pip wheel -q --no-deps -w .whl "$spec"
 done
 
 echo "== TRIDENT -> .trident/"

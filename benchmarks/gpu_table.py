@@ -36,6 +36,12 @@ def test_counts(junit: Path) -> dict:
     return counts
 
 
+def _short(value) -> str:
+    """A goal's value in at most 40 characters."""
+    text = f"{value:.3g}" if isinstance(value, float) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="*", help="benchmark JSON files")
@@ -57,7 +63,9 @@ def main() -> None:
     print(f"\ngpu tests: {tests['passed']} passed, {tests['failed']} failed, "
           f"{tests['skipped']} skipped {' '.join(tests['failures'])}")  # fmt: skip
     if goals:
-        print(pd.DataFrame(goals).to_string(index=False, float_format="{:.3g}".format))
+        table = pd.DataFrame(goals)
+        table["value"] = [_short(value) for value in table["value"]]
+        print(table[["benchmark", "met", "value", "goal"]].to_string(index=False))
     summary["goals"] = goals
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".json.partial")

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from extractors.errors import CohortError, FileFormatError
-from extractors.io import feature_shape, lattice_step, read_features
+from extractors.io import feature_shape, lattice_step, read_coords, read_features
 from querent.data.case_bags import BagFiles, bag_paths, place_slides
 from querent.data.cohort import format_items
 from querent.data.grid import RegionGrid, build_grid
@@ -43,7 +43,7 @@ class Bag:
 
     Attributes:
         slide_id: The bag: the slide, or the case of a case bag.
-        features: (n, d) float32.
+        features: (n, d) float32; None where the consumer reads them (``read_features``).
         cells: (n, 2) int64 lattice cells (column, row); a case bag's slides side by side.
         rows: (n,) rows of the feature file (of its slide) these patches come from.
         grid: Region grid of the patches (models with regions), else None.
@@ -52,7 +52,7 @@ class Bag:
     """
 
     slide_id: str
-    features: torch.Tensor
+    features: torch.Tensor | None
     cells: torch.Tensor
     rows: torch.Tensor
     grid: RegionGrid | None
@@ -87,6 +87,18 @@ def read_bag_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         )
     step = lattice_step(coords_attrs, coords, path)
     return features.astype(np.float32, copy=False), lattice_cells_of(coords, step, path)
+
+
+def read_bag_cells(path: str | Path) -> tuple[int, np.ndarray]:
+    """(patches, cells (n, 2) int64) of one feature file, without reading its features."""
+    n, _ = feature_shape(path)
+    coords, coords_attrs = read_coords(path)
+    if len(coords) != n:
+        raise FileFormatError(
+            f"{path}: `features` ({n} rows) and `coords` {coords.shape} do not align; "
+            "extract the slide again."
+        )
+    return n, lattice_cells_of(coords, lattice_step(coords_attrs, coords, path), path)
 
 
 def inspect_feature_files(files: Mapping[str, Path]) -> dict[str, tuple[int, str | None]]:
@@ -186,6 +198,8 @@ class BagDataset(Dataset):
         augment: Move each bag's lattice by a random flip, quarter turn and shift
             (:func:`augment_cells`), seeded like the subsets (training); a case bag's slides
             each by their own, then set side by side again.
+        read_features: False: bags carry no ``features`` (None); whoever takes them reads the
+            rows ``rows`` of each slide's file (training's device feed, in threads).
     """
 
     def __init__(
@@ -199,6 +213,7 @@ class BagDataset(Dataset):
         seed: int = 0,
         in_memory: bool = False,
         augment: bool = False,
+        read_features: bool = True,
     ) -> None:
         missing = [s for s in slide_ids if s not in files]
         if missing:
@@ -216,6 +231,7 @@ class BagDataset(Dataset):
         self.seed = seed
         self.in_memory = in_memory
         self.augment = augment
+        self.read_features = read_features
         self._cache: dict[str, tuple[np.ndarray, ...]] = {}
 
     def __len__(self) -> int:
@@ -225,11 +241,16 @@ class BagDataset(Dataset):
         """Features, placed cells, each patch's slide and its row in that slide's file."""
         if bag_id in self._cache:
             return self._cache[bag_id]
-        parts = [read_bag_arrays(path) for path in self.files[bag_id]]
-        features = parts[0][0] if len(parts) == 1 else np.concatenate([f for f, _ in parts])
+        if self.read_features:
+            parts = [read_bag_arrays(path) for path in self.files[bag_id]]
+            features = parts[0][0] if len(parts) == 1 else np.concatenate([f for f, _ in parts])
+            sizes = [len(f) for f, _ in parts]
+        else:
+            parts = [read_bag_cells(path) for path in self.files[bag_id]]
+            features, sizes = None, [n for n, _ in parts]
         cells = parts[0][1] if len(parts) == 1 else np.concatenate([c for _, c in parts])
-        slide_of_patch = np.repeat(np.arange(len(parts)), [len(f) for f, _ in parts])
-        rows = np.concatenate([np.arange(len(f)) for f, _ in parts])
+        slide_of_patch = np.repeat(np.arange(len(parts)), sizes)
+        rows = np.concatenate([np.arange(n) for n in sizes])
         cells = place_slides(cells, slide_of_patch, self.region_size or 1)
         arrays = features, cells, slide_of_patch, rows
         if self.in_memory:
@@ -247,7 +268,8 @@ class BagDataset(Dataset):
                 kept = crop_rows(cells, self.max_patches, rng, self.region_size or 1)
             else:
                 kept = np.sort(rng.choice(len(rows), self.max_patches, replace=False))
-            features, cells = features[kept], cells[kept]
+            features = None if features is None else features[kept]
+            cells = cells[kept]
             slide_of_patch, rows = slide_of_patch[kept], rows[kept]
         if self.augment:
             cells = cells.copy()
@@ -257,7 +279,7 @@ class BagDataset(Dataset):
         grid = None if self.region_size is None else build_grid(cells, 1, self.region_size)
         return Bag(
             slide_id,
-            torch.from_numpy(np.ascontiguousarray(features)),
+            None if features is None else torch.from_numpy(np.ascontiguousarray(features)),
             torch.from_numpy(np.ascontiguousarray(cells)),
             torch.from_numpy(rows),
             grid,

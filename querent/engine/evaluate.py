@@ -23,6 +23,7 @@ from querent.data.case_bags import attention_entries, bag_mode, slide_files
 from querent.data.cohort import Cohort, format_items
 from querent.engine import checkpoint
 from querent.engine.covariates import covariate_tensors, deployment_covariates, saved_covariates
+from querent.engine.device_feed import DeviceFeed
 from querent.engine.metrics import fold_metrics
 from querent.engine.outputs import write_metrics, write_predictions
 from querent.engine.tasks import Task, predictions_table, task_from_state
@@ -76,9 +77,10 @@ def apply_model(
     ``covariates`` maps each slide to its encoded covariates (models that read them).
     """
     model = model.to(device).eval()
-    dataset = BagDataset(files, slide_ids, region_size=model.region_size)
+    dataset = BagDataset(files, slide_ids, region_size=model.region_size, read_features=False)
     logits, per_slide = [], {}
-    for bag in bag_loader(dataset, EpochOrder(len(slide_ids)), workers=workers):
+    loader = bag_loader(dataset, EpochOrder(len(slide_ids)), workers=workers)
+    for bag in DeviceFeed(loader, device):
         extra = covariates[bag.slide_id].to(device) if covariates else None
         out = model(bag.features.to(device), bag.cells.to(device), grid=bag.grid, covariates=extra)
         logits.append(out.logits.float().cpu())

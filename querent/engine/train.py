@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from extractors.devices import pick_device
@@ -39,6 +38,7 @@ from querent.data.covariates import CovariateEncoder
 from querent.engine import checkpoint
 from querent.engine.allocator import keep_freed_memory
 from querent.engine.covariates import covariate_tensors, fit_covariates
+from querent.engine.device_feed import DeviceFeed
 from querent.engine.fold_lock import fold_lock
 from querent.engine.metrics import case_level, compute_metrics
 from querent.engine.provenance import provenance
@@ -163,8 +163,8 @@ class _Fold:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_order: EpochOrder
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DeviceFeed
+    val_loader: DeviceFeed
     targets: dict[str, dict[str, torch.Tensor]]
     in_dim: int
     file_encoder: str | None
@@ -222,13 +222,18 @@ def _prepare(
             seed=settings.seed,
             in_memory=in_memory,
             augment=settings.augment and name == "train",
+            read_features=in_memory,  # streamed: the feed's threads read them
         )
         for name, ids in (("train", train_ids), ("val", val_ids))
     }
     loader_workers = 0 if in_memory else workers
     train_order = EpochOrder(len(train_ids), seed=settings.seed, shuffle=True)
-    train_loader = bag_loader(datasets["train"], train_order, workers=loader_workers)
-    val_loader = bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers)
+    train_loader = DeviceFeed(
+        bag_loader(datasets["train"], train_order, workers=loader_workers), dev
+    )
+    val_loader = DeviceFeed(
+        bag_loader(datasets["val"], EpochOrder(len(val_ids)), workers=loader_workers), dev
+    )
     batch = task.targets(cohort, train_ids)
     targets = {s: {key: value[i] for key, value in batch.items()} for i, s in enumerate(train_ids)}
     values = covariate_tensors(covariates, cohort.table, [*train_ids, *val_ids], cohort.source)
@@ -274,7 +279,9 @@ def train_fold(
             (TRIDENT's and CLAM's files).
         fold: Fold number recorded in the checkpoint.
         device: ``cuda``, ``cpu`` or None (CUDA when available).
-        workers: Processes that read bags ahead of the model when streaming.
+        workers: Processes that read bags' coordinates and build their grids ahead of the
+            model when streaming (threads of :mod:`~querent.engine.device_feed` read the
+            features).
         in_memory: Hold every bag after its first read (no workers then); None: when the
             cohort's features take less than :data:`~querent.data.bags.IN_MEMORY_BYTES`.
         threads: Cores the job was given: before every epoch torch gets the idle ones among
