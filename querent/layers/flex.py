@@ -28,8 +28,12 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from querent.layers.regions import RegionLayout, regions_by_area
 
-#: Query and key positions per block of the mask (the kernel's tile sizes must divide them).
-BLOCK_SIZE = (128, 128)
+#: Query and key positions per block of the mask. Key blocks of one region (16 slots at the
+#: default region_size 4) cost a picked region only its own keys; with blocks of 128 x 128 a
+#: block of queries read a quarter of all keys at 32k patches (random picks; Querent's default
+#: layer), with 64 x 16 a fortieth (``benchmarks/bench_flex_blocks.py`` counts them,
+#: ``bench_gpu_attention.py --blocks`` times them).
+BLOCK_SIZE = (64, 16)
 
 
 @functools.cache
@@ -156,6 +160,21 @@ class RegionSequence:
         return x[0].index_select(1, position).permute(1, 0, 2)
 
 
+def tile_sizes(block_size: tuple[int, int]) -> dict[str, int]:
+    """Triton tiles that divide the mask's blocks, forward and backward (at most 64 a side)."""
+    q_block, kv_block = (min(64, size) for size in block_size)
+    tile = min(q_block, kv_block)
+    # the backward kernels need BLOCK_N1 % BLOCK_M1 == 0 and BLOCK_M2 % BLOCK_N2 == 0
+    return {
+        "BLOCK_M": q_block,
+        "BLOCK_N": kv_block,
+        "BLOCK_M1": tile,
+        "BLOCK_N1": kv_block,
+        "BLOCK_M2": q_block,
+        "BLOCK_N2": tile,
+    }
+
+
 def flex_query_aware(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -165,7 +184,7 @@ def flex_query_aware(
     bias: torch.Tensor | None,
     *,
     per_patch: bool,
-    block_size: tuple[int, int] = BLOCK_SIZE,
+    block_size: tuple[int, int] | None = None,
     compiled: bool = True,
 ) -> torch.Tensor:
     """Softmax attention of every query over the keys of its picked regions, with FlexAttention.
@@ -178,7 +197,8 @@ def flex_query_aware(
         picks: (h, g, k) picked regions per group (patches, or regions), ``n_regions``: none.
         bias: (h, g, k) added to the logits of each pick's keys, or None.
         per_patch: Groups are patches (per-patch selection) rather than regions.
-        block_size: (query, key) positions per mask block.
+        block_size: (query, key) positions per mask block; None: :data:`BLOCK_SIZE` (read at
+            each call, so a benchmark can set it).
         compiled: Run the fused kernel (``torch.compile``); False runs FlexAttention's
             reference path, which holds all (L, L) scores (small inputs and tests only).
 
@@ -190,6 +210,7 @@ def flex_query_aware(
             "kernel 'flex': PyTorch's FlexAttention has no backward pass on the CPU; train on "
             "the CPU with kernel: tiled (or auto: flex on CUDA, tiled elsewhere)"
         )
+    block_size = block_size or BLOCK_SIZE
     sequence = RegionSequence(layout, picks, per_patch=per_patch, block_size=block_size)
     score_mod = None
     if bias is not None:
@@ -210,5 +231,6 @@ def flex_query_aware(
         sequence.to_sequence(v),
         score_mod=score_mod,
         block_mask=sequence.block_mask(),
+        kernel_options=tile_sizes(block_size) if q.is_cuda else None,
     )
     return sequence.from_sequence(out, q.shape[0])
