@@ -113,7 +113,7 @@ def measure(variant: str, n: int, device: torch.device, repeats: int, blocks: st
 
 def goals(rows: list[dict]) -> list[dict]:
     """Issue 25's goals for ``querent flex``, from the rows that reached its sizes."""
-    by = {(row["variant"], row["n"]): row for row in rows}
+    by = {(row["variant"], row["n"]): row for row in rows if "error" not in row}
     out = []
     for n in sorted({row["n"] for row in rows}):
         flex, full = by.get((f"querent flex {BLOCKS}", n)), by.get(("full flash", n))
@@ -166,7 +166,15 @@ def main() -> None:
         growth = 2.0 if VARIANTS[variant] is None else 1.2  # full attention is quadratic
         sizes = sorted(args.sizes)
         for n, following in zip(sizes, [*sizes[1:], None], strict=True):
-            row = measure(variant, n, device, args.repeats, blocks)
+            try:
+                row = measure(variant, n, device, args.repeats, blocks)
+            except Exception as err:  # out of memory, a kernel that fails to compile: go on
+                rows.append({"variant": f"{variant} {blocks}", "n": n, "error": repr(err)[:500]})
+                write(args.out, name, rows)
+                print(f"{variant} {blocks} at {n}: failed ({err!r:.300}); next variant")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                break
             rows.append(row)
             write(args.out, name, rows)
             peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.2f}"

@@ -38,12 +38,12 @@ step() { # name, time limit (s), command...
 }
 
 mapfile -t gpu_tests < <(find tests -name "*_gpu.py" | sort)
-step tests 120 python3 -m pytest -p no:cacheprovider -q "${gpu_tests[@]}" \
+step tests 150 python3 -m pytest -p no:cacheprovider -q --timeout 100 "${gpu_tests[@]}" \
     --junitxml="$logs/gpu_tests.xml"
-step attention 130 python3 benchmarks/bench_gpu_attention.py --out "$results/gpu_attention.json"
+step attention 150 python3 benchmarks/bench_gpu_attention.py --out "$results/gpu_attention.json"
 step extract 140 python3 benchmarks/bench_gpu_extract.py --max-patches 16384 --repeats 2 \
     --out "$results/gpu_extract.json"
-step train 120 python3 benchmarks/bench_train.py --device cuda --slides 100 --repeats 1 \
+step train 100 python3 benchmarks/bench_train.py --device cuda --slides 100 --repeats 1 \
     --epochs 3 --workers 2 --out "$results/gpu_train_io.json"
 
 python3 benchmarks/gpu_table.py --tests "$logs/gpu_tests.xml" --out "$results/gpu_check.json" \
