@@ -48,7 +48,7 @@ def picks_of(settings: dict, layout: RegionLayout, n: int) -> tuple[torch.Tensor
 def shares(layout: RegionLayout, picks: torch.Tensor, per_patch: bool, blocks: str) -> dict:
     q_block, kv_block = (int(side) for side in blocks.split("x"))
     sequence = RegionSequence(layout, picks, per_patch=per_patch, block_size=(q_block, kv_block))
-    counts, _ = sequence.block_lists()
+    counts, *_ = sequence.block_lists()
     computed = int(counts.sum()) * q_block * kv_block
     keys = torch.cat([layout.valid.sum(dim=1), layout.valid.new_zeros(1, dtype=torch.long)])
     read = keys[picks].sum(dim=2)  # (h, g) keys each query (group) reads

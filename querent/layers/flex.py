@@ -101,12 +101,11 @@ class RegionSequence:
         table[region, rank] = block
         return table
 
-    def block_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(kv_num_blocks (1, h, qb), kv_indices (1, h, qb, most)): the key blocks to read.
+    def block_pairs(self) -> torch.Tensor:
+        """(p,) the (head, query block, key block) triples to compute, as sorted flat indices.
 
         A query block lists a key block when one of its queries picked a region with a patch
-        in that block: no block it needs is missing, and none is read for nothing. The index
-        table holds (L / block)² entries a head, as PyTorch's own block masks do.
+        in that block: no block it needs is missing, and none is read for nothing.
         """
         q_block, kv_block = self.block_size
         heads, n_rows, _ = self.picks.shape
@@ -120,14 +119,32 @@ class RegionSequence:
         blocks = self._blocks_of_regions(kv_block)[self.picks[:, row].long()]  # (h, g, k, span)
         head = torch.arange(heads, device=device).view(-1, 1, 1, 1)
         keys = (head * n_q + q_of_group.view(1, -1, 1, 1)) * n_kv + blocks
-        pairs = torch.unique(keys[blocks < n_kv])
-        group, block = pairs // n_kv, pairs % n_kv
-        counts = torch.bincount(group, minlength=heads * n_q)
-        rank = torch.arange(len(pairs), device=device) - (counts.cumsum(0) - counts)[group]
-        # as wide as the key blocks (the mask's key length; PyTorch's own masks are too)
-        indices = torch.zeros(heads * n_q, n_kv, dtype=torch.int32, device=device)
-        indices[group, rank] = block.to(torch.int32)
-        return counts.view(1, heads, n_q).to(torch.int32), indices.view(1, heads, n_q, -1)
+        return torch.unique(keys[blocks < n_kv])
+
+    def block_lists(self, full_width: bool = False) -> tuple[torch.Tensor, ...]:
+        """The block mask's lists, both ways, from :meth:`block_pairs`.
+
+        Args:
+            full_width: Index tables as wide as the other side's blocks (Inductor's CPU
+                kernel asks for it); else as wide as the longest list: on a slide of 100k
+                patches a few MB where full width (PyTorch's own masks) takes hundreds.
+
+        Returns:
+            (kv_num_blocks (1, h, qb), kv_indices (1, h, qb, w), q_num_blocks (1, h, kvb),
+            q_indices (1, h, kvb, w')): per query block the key blocks it reads, and per key
+            block the query blocks that read it (the backward pass's), each sorted.
+        """
+        q_block, kv_block = self.block_size
+        heads = self.picks.shape[0]
+        n_q, n_kv = self.length // q_block, self.length // kv_block
+        pairs = self.block_pairs()
+        head, rest = pairs // (n_q * n_kv), pairs % (n_q * n_kv)
+        q_of, kv_of = rest // n_kv, rest % n_kv
+        by_kv = torch.sort((head * n_kv + kv_of) * n_q + q_of).values
+        return (
+            *_ordered(pairs // n_kv, pairs % n_kv, heads, n_q, n_kv if full_width else None),
+            *_ordered(by_kv // n_q, by_kv % n_q, heads, n_kv, n_q if full_width else None),
+        )
 
     def mask_mod(self, b, h, q, kv):
         """Whether query position ``q`` of head ``h`` reads key position ``kv``."""
@@ -138,14 +155,22 @@ class RegionSequence:
         return hit & self.key_valid[kv]
 
     def block_mask(self) -> BlockMask:
-        """The FlexAttention block mask of the picks."""
-        counts, indices = self.block_lists()
-        return BlockMask.from_kv_blocks(
-            counts,
-            indices,
+        """The FlexAttention block mask of the picks (full-width tables off CUDA)."""
+        kv_counts, kv_indices, q_counts, q_indices = self.block_lists(
+            full_width=not self.picks.is_cuda
+        )
+        return BlockMask(
+            seq_lengths=(self.length, self.length),
+            kv_num_blocks=kv_counts,
+            kv_indices=kv_indices,
+            full_kv_num_blocks=None,
+            full_kv_indices=None,
+            q_num_blocks=q_counts,
+            q_indices=q_indices,
+            full_q_num_blocks=None,
+            full_q_indices=None,
             BLOCK_SIZE=self.block_size,
             mask_mod=self.mask_mod,
-            seq_lengths=(self.length, self.length),
         )
 
     def to_sequence(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +183,21 @@ class RegionSequence:
         valid = self.key_valid.nonzero().squeeze(-1)
         position[self.patch_at[valid]] = valid
         return x[0].index_select(1, position).permute(1, 0, 2)
+
+
+def _ordered(
+    group: torch.Tensor, member: torch.Tensor, heads: int, rows: int, width: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts (1, h, rows), indices (1, h, rows, width)) of sorted (group, member) pairs.
+
+    ``group`` is ``head * rows + row``; ``width`` None: the longest row's count.
+    """
+    counts = torch.bincount(group, minlength=heads * rows)
+    rank = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group]
+    width = width or max(int(counts.max()), 1)
+    indices = torch.zeros(heads * rows, width, dtype=torch.int32, device=group.device)
+    indices[group, rank] = member.to(torch.int32)
+    return counts.view(1, heads, rows).to(torch.int32), indices.view(1, heads, rows, width)
 
 
 def tile_sizes(block_size: tuple[int, int]) -> dict[str, int]:

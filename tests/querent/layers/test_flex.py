@@ -77,12 +77,21 @@ def test_block_lists_hold_every_read_key_and_no_block_without_one(
     )  # (h, L, L)
     q_block, kv_block = block_size
     needed = reads.view(2, length // q_block, q_block, length // kv_block, kv_block).any(4).any(2)
-    counts, indices = sequence.block_lists()
+    kv_counts, kv_indices, q_counts, q_indices = sequence.block_lists()
     listed = torch.zeros_like(needed)
     for h in range(2):
         for row in range(needed.shape[1]):
-            listed[h, row, indices[0, h, row, : counts[0, h, row]].long()] = True
+            listed[h, row, kv_indices[0, h, row, : kv_counts[0, h, row]].long()] = True
     assert torch.equal(listed, needed)
+    # the backward pass's lists, per key block, are the same pairs the other way round
+    by_key = torch.zeros_like(needed.transpose(1, 2))
+    for h in range(2):
+        for column in range(needed.shape[2]):
+            by_key[h, column, q_indices[0, h, column, : q_counts[0, h, column]].long()] = True
+    assert torch.equal(by_key, needed.transpose(1, 2))
+    assert q_indices.shape[-1] == int(q_counts.max())  # as wide as the longest list
+    wide = sequence.block_lists(full_width=True)
+    assert wide[1].shape[-1] == needed.shape[2] and wide[3].shape[-1] == needed.shape[1]
     assert reads.sum() > 0
     # every patch's picks, and no other region, are read
     patch_reads = reads[:, sequence.key_valid][:, :, sequence.key_valid]
