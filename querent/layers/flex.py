@@ -29,9 +29,9 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from querent.layers.regions import RegionLayout, regions_by_area
 
 #: Query and key positions per block of the mask. Key blocks of one region (16 slots at the
-#: default region_size 4) cost a picked region only its own keys; with blocks of 128 x 128 a
-#: block of queries read a quarter of all keys at 32k patches (random picks; Querent's default
-#: layer), with 64 x 16 a fortieth (``benchmarks/bench_flex_blocks.py`` counts them,
+#: default region_size 4) cost a picked region only its own keys: at 32k patches (random
+#: picks, Querent's default layer) blocks of 128 x 128 compute a quarter of full attention's
+#: scores, blocks of 64 x 16 a fortieth (``benchmarks/bench_flex_blocks.py`` counts them,
 #: ``bench_gpu_attention.py --blocks`` times them).
 BLOCK_SIZE = (64, 16)
 
