@@ -112,8 +112,13 @@ def test_flex_refuses_to_train_on_the_cpu():
 def test_the_model_checks_its_kernel_and_auto_runs_tiled_on_the_cpu():
     with pytest.raises(ValueError, match="kernel: unknown 'triton'; choose one of: auto"):
         create_model("querent", in_dim=8, n_outputs=2, kernel="triton")
-    model = create_model("querent", in_dim=8, n_outputs=2, kernel="auto")
-    assert {block.attention.kernel for block in model.blocks} == {"auto"}
+    cells = torch.as_tensor(np.unique(np.random.default_rng(9).integers(0, 20, (150, 2)), axis=0))
+    x = torch.randn(len(cells), 8, generator=torch.Generator().manual_seed(9))
+    trains = create_model("querent", in_dim=8, n_outputs=2, kernel="auto")
+    trains(x, cells).logits.sum().backward()  # flex would refuse to train on the CPU
+    assert all(p.grad is not None for p in trains.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="no backward pass on the CPU"):
+        create_model("querent", in_dim=8, n_outputs=2, kernel="flex")(x, cells)
 
 
 @pytest.mark.slow
