@@ -123,3 +123,19 @@ def train_synthetic(
     cohort, files, train, val, _ = synthetic_fold(synthetic_cohort, task)
     run = model_run(arch, TRAIN_RUNS[arch], {"epochs": 4, "max_patches": 50, **training})
     return train_fold(run, cohort, files, train, val, out, encoder="synthetic", fold=0)
+
+
+def float16_copies(files: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copies of synthetic feature ``files`` in ``folder`` whose features are stored as float16."""
+    import h5py
+    import numpy as np
+
+    from querent.data.synthetic import _write_bag
+
+    halves = {}
+    for slide, path in files.items():
+        with h5py.File(path) as h5:
+            features, coords = h5["features"][:], h5["coords"][:]
+        halves[slide] = folder / f"{slide}.h5"
+        _write_bag(halves[slide], features.astype(np.float16), coords // 256, "synthetic")
+    return halves

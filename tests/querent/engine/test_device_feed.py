@@ -1,31 +1,17 @@
-import h5py
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from querent.data.bags import BagDataset, EpochOrder, bag_loader
-from querent.data.synthetic import _write_bag
 from querent.engine.device_feed import DeviceFeed
 from querent.engine.runs import model_run
 from querent.engine.train import train_fold
-from tests.helpers import TRAIN_RUNS, synthetic_fold
+from tests.helpers import TRAIN_RUNS, float16_copies, synthetic_fold
 
 
 def _files(synthetic_cohort):
     _, folder = synthetic_cohort
     return {path.stem: path for path in sorted(folder.glob("*.h5"))}
-
-
-def _half(files, folder):
-    """Copies of ``files`` whose features are stored as float16."""
-    halves = {}
-    for slide, path in files.items():
-        with h5py.File(path) as h5:
-            features, coords = h5["features"][:], h5["coords"][:]
-        halves[slide] = folder / f"{slide}.h5"
-        _write_bag(halves[slide], features.astype(np.float16), coords // 256, "synthetic")
-    return halves
 
 
 @pytest.mark.parametrize(
@@ -37,7 +23,7 @@ def test_streamed_bags_the_feed_reads_are_the_loaders(
     files = _files(synthetic_cohort)
     slides = sorted(files)[:6]
     cases = {"case": (files[slides[0]], files[slides[1]]), **{s: files[s] for s in slides[2:]}}
-    halves = _half({s: files[s] for s in slides[2:4]}, tmp_path)
+    halves = float16_copies({s: files[s] for s in slides[2:4]}, tmp_path)
     for bag_files in (cases, halves):
         options = {"region_size": 2, "max_patches": max_patches, "subset": subset, "seed": 5}
         ids = list(bag_files)
@@ -72,7 +58,7 @@ def test_off_cuda_the_feed_passes_the_loaders_bags_through(synthetic_cohort):
 
 def test_training_reads_float16_feature_files(synthetic_cohort, tmp_path):
     cohort, files, train, val, _ = synthetic_fold(synthetic_cohort)
-    halves = _half(files, tmp_path)
+    halves = float16_copies(files, tmp_path)
     run = model_run("abmil", TRAIN_RUNS["abmil"], {"epochs": 2, "max_patches": 50})
     out = tmp_path / "m"
     train_fold(

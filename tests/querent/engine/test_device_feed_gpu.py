@@ -1,33 +1,20 @@
 """The CUDA feed against the plain loader; skipped where there is no GPU."""
 
-import h5py
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from querent.data.bags import BagDataset, EpochOrder, bag_loader
-from querent.data.synthetic import _write_bag
 from querent.engine.device_feed import DeviceFeed
 from querent.engine.runs import model_run
 from querent.engine.train import train_fold
-from tests.helpers import TRAIN_RUNS, synthetic_fold
+from tests.helpers import TRAIN_RUNS, float16_copies, synthetic_fold
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 CUDA = torch.device("cuda")
-
-
-def _half(files, folder):
-    halves = {}
-    for slide, path in files.items():
-        with h5py.File(path) as h5:
-            features, coords = h5["features"][:], h5["coords"][:]
-        halves[slide] = folder / f"{slide}.h5"
-        _write_bag(halves[slide], features.astype(np.float16), coords // 256, "synthetic")
-    return halves
 
 
 @pytest.mark.parametrize("in_memory", [False, True])
@@ -38,7 +25,7 @@ def test_cuda_feed_gives_the_plain_loaders_bags_on_the_device(
     _, folder = synthetic_cohort
     files = {path.stem: path for path in sorted(folder.glob("*.h5"))[:8]}
     if stored == "float16":
-        files = _half(files, tmp_path)
+        files = float16_copies(files, tmp_path)
     files = {"case": (files.pop("syn_004_0"), files.pop("syn_004_1")), **files}
     ids = list(files)
     options = {"region_size": 2, "max_patches": 50, "seed": 1, "in_memory": in_memory}
